@@ -1,0 +1,54 @@
+"""``selavpr-ros``: one command with subcommands, like ``git`` or ``colcon``.
+
+Each subcommand lives in its own module with ``register(subparsers)``; errors
+meant for the user (:class:`~selavpr_ros.errors.SelaVPRError`) are printed
+without a traceback and set the exit code (2 for configuration errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from selavpr_ros._version import __version__
+from selavpr_ros.errors import SelaVPRError
+
+COMMAND_MODULES = ("selavpr_ros.cli.model_commands",)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help, and descriptions/epilogs printed as written."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selavpr-ros",
+        description="Deep visual place recognition and loop closure for ROS 2 robots.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"selavpr_ros {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except SelaVPRError as exc:
+        print(f"selavpr-ros {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"selavpr-ros {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""ONNX export and the ONNX Runtime backend.
+
+An exported file carries the model configuration, descriptor layout and
+model id in its metadata, so :class:`OnnxExtractor` needs nothing but the
+``.onnx`` file (and no PyTorch). Inputs: ``images`` (N, 3, H, W) float32,
+dynamic N. Outputs: ``codes`` (N, bits/8) uint8, ``descriptors`` (N, D),
+``hash_z`` (N, bits) and, for SelaVPR, ``local_features`` (N, h, w, C).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selavpr_ros._version import __version__
+from selavpr_ros.errors import CheckpointError
+from selavpr_ros.inference.extractor import Descriptors, Extractor
+from selavpr_ros.models.config import ModelConfig
+
+ONNX_FORMAT = "selavpr_ros.onnx"
+DEFAULT_OPSET = 18
+OUTPUTS = ("codes", "descriptors", "hash_z", "local_features")
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    opset: int
+    precision: str
+    size_bytes: int
+    outputs: tuple[str, ...]
+
+
+def _write_metadata(path: Path, meta: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: ONNX file not found")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf decode errors
+        raise CheckpointError(f"{path}: not a readable ONNX file ({exc})") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("format") != ONNX_FORMAT:
+        raise CheckpointError(f"{path}: ONNX file was not exported by selavpr_ros (no model metadata)")
+    return meta
+
+
+def export_onnx(
+    model: Any,
+    path: str | os.PathLike,
+    model_id: str,
+    opset: int = DEFAULT_OPSET,
+    int8: bool = False,
+) -> ExportReport:
+    """Export a :class:`~selavpr_ros.models.vpr.VPRModel` with a dynamic batch axis.
+
+    With ``int8`` the exported graph is then dynamically quantised (int8
+    weights of MatMul/Gemm, activations quantised on the fly), for CPU robots.
+    """
+    import torch
+
+    if opset < 17:
+        raise CheckpointError(f"opset {opset} is too old; use 17 or newer")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config: ModelConfig = model.config
+    model = model.eval().cpu()
+    has_local = config.layout().has_local
+    outputs = OUTPUTS if has_local else OUTPUTS[:3]
+
+    class _Graph(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, images: torch.Tensor):
+            out = self.inner(images)
+            result = (out.codes, out.descriptors, out.hash_z)
+            return result + (out.local_features,) if has_local else result
+
+    example = torch.zeros(2, 3, config.preprocess.height, config.preprocess.width)
+    with torch.no_grad():
+        model(example)  # warms the position-embedding cache that the graph captures as a constant
+    fp32_path = path if not int8 else path.with_name(path.stem + ".fp32.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Graph(model),
+            (example,),
+            str(fp32_path),
+            input_names=["images"],
+            output_names=list(outputs),
+            dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    meta = {
+        "format": ONNX_FORMAT,
+        "package_version": __version__,
+        "model_id": model_id,
+        "model_config": json.dumps(config.to_dict()),
+        "layout": json.dumps(config.layout().to_dict()),
+        "precision": "fp32",
+    }
+    _write_metadata(fp32_path, meta)
+    if int8:
+        quantize_int8(fp32_path, path)
+        fp32_path.unlink()
+    return ExportReport(path, opset, "int8" if int8 else "fp32", path.stat().st_size, outputs)
+
+
+def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Dynamic int8 quantisation of MatMul/Gemm weights; metadata is carried over."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    meta = read_metadata(src)
+    # The exporter's intermediate shape annotations can trip the quantiser's
+    # strict shape inference; dropping them lets it infer its own.
+    model = onnx.load(str(src))
+    del model.graph.value_info[:]
+    stripped = Path(dst).with_name(Path(dst).stem + ".noshapes.onnx")
+    onnx.save(model, str(stripped))
+    try:
+        quantize_dynamic(str(stripped), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        stripped.unlink(missing_ok=True)
+    _write_metadata(Path(dst), {**meta, "precision": "int8"})
+    return Path(dst)
+
+
+def select_providers(device: str = "auto") -> list[str]:
+    """ONNX Runtime providers for ``device``: TensorRT, then CUDA, then CPU when installed."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    preferred = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    chosen = [p for p in preferred if p in available]
+    if device == "cuda" and "CUDAExecutionProvider" not in chosen:
+        raise CheckpointError(f"device 'cuda' asked, but ONNX Runtime has only {', '.join(available)}")
+    return chosen or ["CPUExecutionProvider"]
+
+
+class OnnxExtractor(Extractor):
+    """ONNX Runtime backend (no PyTorch needed)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        meta = read_metadata(self.path)
+        self.config = ModelConfig.from_dict(json.loads(meta["model_config"]))
+        self.model_id = meta["model_id"]
+        self.precision = meta.get("precision", "fp32")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        options.log_severity_level = 3
+        self.providers = select_providers(device)
+        self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, batch: np.ndarray) -> Descriptors:
+        if len(batch) == 0:
+            return Descriptors.empty(self.layout)
+        values = dict(
+            zip(self.output_names, self.session.run(None, {"images": np.ascontiguousarray(batch, np.float32)}))
+        )
+        return Descriptors(values["codes"], values["descriptors"], values["hash_z"], values.get("local_features"))
+
+
+def compare_with_torch(model: Any, onnx_path: str | os.PathLike, batch: int = 4, seed: int = 0) -> dict[str, float]:
+    """Run the PyTorch model and the ONNX file on the same random batch and report the gaps.
+
+    Codes can only differ where the continuous hash value is near zero; the
+    report counts differing bits and how many PyTorch values lie within 1e-4 of 0.
+    """
+    from selavpr_ros.inference.extractor import TorchExtractor
+
+    cfg = model.config.preprocess
+    x = np.random.default_rng(seed).standard_normal((batch, 3, cfg.height, cfg.width)).astype(np.float32)
+    ref = TorchExtractor(model, device="cpu").run(x)
+    got = OnnxExtractor(onnx_path, device="cpu").run(x)
+    bits_ref = np.unpackbits(ref.codes, axis=1)
+    bits_got = np.unpackbits(got.codes, axis=1)
+    report = {
+        "batch": batch,
+        "descriptors_max_abs": float(np.abs(ref.descriptors - got.descriptors).max()),
+        "hash_z_max_abs": float(np.abs(ref.hash_z - got.hash_z).max()),
+        "code_bits_total": int(bits_ref.size),
+        "code_bits_differ": int((bits_ref != bits_got).sum()),
+        "hash_z_near_zero": int((np.abs(ref.hash_z) < 1e-4).sum()),
+        "min_cosine": float((ref.descriptors * got.descriptors).sum(1).min()),
+    }
+    if ref.local_features is not None:
+        report["local_max_abs"] = float(np.abs(ref.local_features - got.local_features).max())
+    return report

@@ -1,0 +1,106 @@
+"""Image loading and preprocessing shared by every inference backend.
+
+NumPy and Pillow only, so the ONNX Runtime backend runs on robots without
+PyTorch. The resize policy (see :class:`~selavpr_ros.models.config.PreprocessConfig`):
+
+* grey (H, W) or (H, W, 1) images are replicated to RGB; RGBA drops alpha;
+* 16-bit images are scaled to 8 bit; float images must lie in [0, 1];
+* every image is resized to the model's input size (multiples of 14), by
+  ``stretch`` (default, as the papers evaluate) or after a ``center_crop`` to
+  the target aspect ratio. Pillow's resampling antialiases when shrinking,
+  like the torchvision pipelines the papers use.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from selavpr_ros.errors import ImageError
+from selavpr_ros.models.config import PreprocessConfig
+
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def load_image(source: str | os.PathLike | bytes) -> np.ndarray:
+    """Decode an image file (or encoded bytes) to an (H, W, 3) uint8 RGB array."""
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            im.load()
+            return to_rgb8(np.asarray(im.convert("RGB") if im.mode not in ("L", "I;16", "RGB") else im), name)
+    except FileNotFoundError:
+        raise ImageError(f"{name}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{name}: cannot decode image ({exc})") from None
+
+
+def to_rgb8(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Normalise channel count and bit depth to (H, W, 3) uint8 (policy in the module docstring)."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise ImageError(f"{name}: expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageError(f"{name}: image has zero size {image.shape[:2]}")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+            raise ImageError(f"{name}: float images must be finite and within [0, 1]")
+        image = np.round(image * 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageError(f"{name}: unsupported pixel type {image.dtype} (use uint8, uint16 or float in [0, 1])")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.shape[2] == 4:
+        image = image[:, :, :3]
+    return np.ascontiguousarray(image)
+
+
+def center_crop_box(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int, int, int]:
+    """Largest centred (left, top, right, bottom) window with the target aspect ratio."""
+    if width * target_h > height * target_w:
+        new_w = max(1, round(height * target_w / target_h))
+        left = (width - new_w) // 2
+        return left, 0, left + new_w, height
+    new_h = max(1, round(width * target_h / target_w))
+    top = (height - new_h) // 2
+    return 0, top, width, top + new_h
+
+
+def preprocess(image: np.ndarray | str | os.PathLike, config: PreprocessConfig, name: str = "image") -> np.ndarray:
+    """One image (array or path) -> normalised float32 (3, H, W) at the model's input size."""
+    if isinstance(image, (str, os.PathLike)):
+        name = str(image)
+        image = load_image(image)
+    rgb = to_rgb8(image, name)
+    pil = Image.fromarray(rgb)
+    if config.resize == "center_crop":
+        pil = pil.crop(center_crop_box(rgb.shape[0], rgb.shape[1], config.height, config.width))
+    if pil.size != (config.width, config.height):
+        pil = pil.resize((config.width, config.height), _RESAMPLE[config.interpolation])
+    x = np.asarray(pil, dtype=np.float32) / 255.0
+    x = (x - np.asarray(config.mean, np.float32)) / np.asarray(config.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def preprocess_batch(images: Sequence[np.ndarray | str | os.PathLike], config: PreprocessConfig) -> np.ndarray:
+    """Images -> (N, 3, H, W) float32 batch."""
+    if len(images) == 0:
+        return np.zeros((0, 3, config.height, config.width), np.float32)
+    return np.stack([preprocess(im, config, name=f"image {i}") for i, im in enumerate(images)])
+
+
+def image_paths(folder: str | os.PathLike, extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png")) -> list[Path]:
+    """Image files under ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageError(f"{folder}: not a directory")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in extensions)
