@@ -15,7 +15,7 @@ import sys
 from selavpr_ros._version import __version__
 from selavpr_ros.errors import SelaVPRError
 
-COMMAND_MODULES = ("selavpr_ros.cli.model_commands",)
+COMMAND_MODULES = ("selavpr_ros.cli.model_commands", "selavpr_ros.cli.map_commands")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

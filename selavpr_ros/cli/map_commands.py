@@ -1,0 +1,107 @@
+"""``selavpr-ros map``: inspect and maintain map databases."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from selavpr_ros.mapdb.database import MapDatabase
+from selavpr_ros.mapdb.maintenance import check_map, repair_map
+
+EPILOG = """\
+examples:
+  selavpr-ros map stats maps/campus            # entries, sessions, bytes per entry
+  selavpr-ros map check maps/campus            # exit 0 if healthy, 1 if damaged
+  selavpr-ros map repair maps/campus           # drop a crashed add's uncommitted tail
+  selavpr-ros map delete-session maps/campus run3 && selavpr-ros map compact maps/campus
+"""
+
+
+def _print_report(report) -> None:
+    print(f"{report.path}: {'OK' if report.ok else 'DAMAGED'}, {report.committed} committed entries")
+    for line in report.problems:
+        print(f"  problem: {line}")
+    for line in report.notes:
+        print(f"  note: {line}")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    report = check_map(args.map)
+    _print_report(report)
+    return 0 if report.ok else 1
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    _print_report(repair_map(args.map))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with MapDatabase.open(args.map, "r") as db:
+        stats = db.stats()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    layout = stats["layout"]
+    print(f"map        {stats['path']}")
+    print(f"model      {stats['model_id']}")
+    local = f", local {layout['local_grid'][0]}x{layout['local_grid'][1]}x{layout['local_dim']}"
+    print(
+        f"layout     codes {layout['code_bits']} bit, float {layout['float_dim']}-d"
+        + (local if layout["local_dim"] else "")
+    )
+    storage = stats["storage"]
+    stored = stats["stored_local_grid"]
+    print(
+        f"storage    float {storage['float_dtype']}"
+        + (f", local {storage['local_dtype']} on {stored[0]}x{stored[1]}" if stored else "")
+    )
+    print(f"entries    {stats['keyframes']} live ({stats['deleted_rows']} deleted, not yet compacted)")
+    for name, n in stats["sessions"].items():
+        print(f"  session  {name}: {n}")
+    per = ", ".join(f"{k} {v}" for k, v in stats["bytes_per_entry"].items())
+    print(f"bytes      {stats['bytes_per_entry_total']} per entry ({per})")
+    print(f"time span  {stats['time_span_s']:.1f} s")
+    return 0
+
+
+def cmd_delete_session(args: argparse.Namespace) -> int:
+    with MapDatabase.open(args.map, "w") as db:
+        n = db.delete_session(args.session)
+    print(f"deleted session {args.session!r}: {n} keyframes (run `selavpr-ros map compact` to reclaim space)")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    with MapDatabase.open(args.map, "w") as db:
+        result = db.compact()
+    print(f"compacted {args.map}: kept {result['kept']}, removed {result['removed']}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from selavpr_ros.cli import HelpFormatter
+
+    p = sub.add_parser(
+        "map",
+        help="inspect and maintain map databases (check, stats, repair, compact, delete-session)",
+        description="Inspect and maintain a map database directory.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, func, text in (
+        ("check", cmd_check, "verify integrity; exit 1 when committed data is damaged"),
+        ("repair", cmd_repair, "truncate uncommitted tails left by a crash; keeps every committed entry"),
+        ("stats", cmd_stats, "entries, sessions, layout and bytes per entry"),
+        ("compact", cmd_compact, "rewrite arrays without deleted keyframes (ids are kept)"),
+    ):
+        a = actions.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+        a.add_argument("map", metavar="MAP", help="map directory")
+        if name == "stats":
+            a.add_argument("--json", action="store_true", help="print JSON")
+        a.set_defaults(func=func)
+    a = actions.add_parser("delete-session", help="mark a session's keyframes deleted", formatter_class=HelpFormatter)
+    a.add_argument("map", metavar="MAP", help="map directory")
+    a.add_argument("session", help="session name (see `map stats`)")
+    a.set_defaults(func=cmd_delete_session)

@@ -1,0 +1,246 @@
+"""Turn raw retrieval results into loop closures a SLAM back-end can trust.
+
+Per frame: keyframe gate -> retrieval with the temporal exclusion applied
+inside the search -> minimum score -> top-N -> temporal consistency over
+consecutive queries (as ORB-SLAM's consistent groups) -> in mapping mode the
+keyframe is then added to the map. Every reported candidate carries a status
+and a human-readable reason. Given the same inputs the output is the same.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from selavpr_ros.inference.extractor import Descriptors
+from selavpr_ros.loop_closure.config import LoopClosureConfig
+from selavpr_ros.mapdb.database import MapDatabase
+from selavpr_ros.mapdb.errors import MapError
+from selavpr_ros.mapdb.records import KeyframeRecord, Pose
+from selavpr_ros.retrieval.retriever import Candidates, Retriever
+
+
+class Status(enum.IntEnum):
+    """Candidate status; values match the ``status`` constants of LoopClosureCandidate.msg."""
+
+    ACCEPTED = 0
+    LOW_SCORE = 1
+    INCONSISTENT = 2
+    EXCLUDED = 3
+
+
+@dataclass
+class LoopCandidate:
+    query_stamp_ns: int
+    query_keyframe_id: int  # -1 when the query was not added to the map
+    match_keyframe_id: int
+    match_row: int
+    match_stamp_ns: int
+    match_session: str
+    score: float
+    hamming: int
+    local_matches: int
+    rank: int
+    status: Status
+    reason: str
+    match_pose: Pose | None = None
+
+
+@dataclass
+class FrameResult:
+    stamp_ns: int
+    is_keyframe: bool
+    keyframe_id: int = -1
+    candidates: list[LoopCandidate] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    skipped_reason: str = ""
+
+    @property
+    def accepted(self) -> list[LoopCandidate]:
+        return [c for c in self.candidates if c.status == Status.ACCEPTED]
+
+
+@dataclass
+class _Keyframe:
+    stamp_ns: int
+    descriptor: np.ndarray
+    pose: Pose | None
+
+
+class KeyframeGate:
+    """Time, motion and appearance novelty tests against the last keyframe."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.last: _Keyframe | None = None
+
+    def check(self, stamp_ns: int, descriptor: np.ndarray, pose: Pose | None) -> str:
+        """Empty string when the frame is a keyframe, else the reason it is not."""
+        last, cfg = self.last, self.config
+        if last is None:
+            return ""
+        dt = (stamp_ns - last.stamp_ns) * 1e-9
+        if dt < cfg.min_interval_s:
+            return f"{dt:.2f} s after the last keyframe (min_interval_s {cfg.min_interval_s})"
+        if pose is not None and last.pose is not None and (cfg.min_translation_m > 0 or cfg.min_rotation_deg > 0):
+            moved = float(np.linalg.norm(np.subtract(pose.position, last.pose.position)))
+            turned = abs(np.degrees(np.angle(np.exp(1j * (pose.yaw() - last.pose.yaw())))))
+            if moved < cfg.min_translation_m and turned < cfg.min_rotation_deg:
+                return f"moved {moved:.2f} m and turned {turned:.1f} deg since the last keyframe"
+        if cfg.max_similarity < 1.0:
+            sim = float(np.dot(descriptor, last.descriptor))
+            if sim >= cfg.max_similarity:
+                return f"similarity {sim:.3f} to the last keyframe >= max_similarity {cfg.max_similarity}"
+        return ""
+
+    def accept(self, stamp_ns: int, descriptor: np.ndarray, pose: Pose | None) -> None:
+        self.last = _Keyframe(stamp_ns, np.asarray(descriptor, np.float32).copy(), pose)
+
+
+class LoopClosureEngine:
+    """Stateful loop-closure detection over a map (mapping: read-write; localization: read-only)."""
+
+    def __init__(self, database: MapDatabase, config: LoopClosureConfig | None = None) -> None:
+        self.config = config or LoopClosureConfig()
+        if self.config.mode == "mapping" and not database.writable:
+            raise MapError(f"{database.path}: mapping mode needs the map open for writing")
+        self.db = database
+        self.retriever = Retriever(database, self.config.retrieval)
+        self.gate = KeyframeGate(self.config.keyframe)
+        # Per previous query: [(match session id, match stamp, chain length)] of candidates above min_score.
+        self._history: deque[list[tuple[int, int, int]]] = deque(maxlen=max(self.config.consistency.n - 1, 1))
+        self._session_id: int | None = None
+        if self.config.mode == "mapping":
+            self._session_id = database.session_id(self.config.session)
+            self._resume()
+
+    def _resume(self) -> None:
+        """Continue a session after a restart: the gate starts from its newest keyframe."""
+        rows = self.db.rows
+        mine = np.flatnonzero((rows["session"] == self._session_id) & self.db.live_mask())
+        if len(mine):
+            last = int(mine[-1])
+            record = self.db.records([last])[0]
+            self.gate.accept(record.stamp_ns, np.asarray(self.db.float_descriptors[last], np.float32), record.pose)
+
+    # -- exclusion ----------------------------------------------------------------
+    def _exclusion_mask(self, stamp_ns: int) -> np.ndarray | None:
+        """Rows the query may match: not same-session and recent (time window or newest N keyframes)."""
+        if self._session_id is None:
+            return None
+        rows = self.db.rows[: self.retriever.indexed]
+        same = rows["session"] == self._session_id
+        if not same.any():
+            return None
+        cfg = self.config.exclusion
+        excluded = same & (np.abs(rows["stamp_ns"] - stamp_ns) < int(cfg.recent_s * 1e9))
+        if cfg.recent_keyframes:
+            excluded[np.flatnonzero(same)[-cfg.recent_keyframes :]] = True
+        return ~excluded if excluded.any() else None
+
+    # -- main entry -----------------------------------------------------------------
+    def process(self, query: Descriptors, record: KeyframeRecord) -> FrameResult:
+        """Handle one described frame (``query`` has one row); see the module docstring."""
+        t0 = time.perf_counter()
+        descriptor = query.descriptors[0]
+        reason = self.gate.check(record.stamp_ns, descriptor, record.pose)
+        if reason:
+            return FrameResult(record.stamp_ns, False, skipped_reason=reason)
+        self.retriever.sync()
+        allowed = self._exclusion_mask(record.stamp_ns)
+        cand = self.retriever.search(query, allowed)
+        result = FrameResult(record.stamp_ns, True, timings_ms=dict(cand.timings_ms))
+        result.candidates = self._judge(cand, record)
+        if self.config.report_excluded and allowed is not None:
+            result.candidates += self._excluded(query, allowed, record)
+        if self.config.mode == "mapping":
+            ids = self.db.add(query, [record], session=self.config.session)
+            result.keyframe_id = ids[0]
+            for c in result.candidates:
+                c.query_keyframe_id = ids[0]
+        self.gate.accept(record.stamp_ns, descriptor, record.pose)
+        result.timings_ms["total"] = (time.perf_counter() - t0) * 1000
+        return result
+
+    def _score(self, cand: Candidates) -> np.ndarray:
+        if not np.isnan(cand.similarity).all():
+            return cand.similarity.astype(np.float64)
+        return 1.0 - 2.0 * cand.hamming / self.db.layout.code_bits
+
+    def _judge(self, cand: Candidates, record: KeyframeRecord) -> list[LoopCandidate]:
+        cfg = self.config
+        top = cand.take(np.arange(min(cfg.top_n, len(cand))))
+        scores = self._score(top)
+        meta = self.db.rows[top.rows] if len(top) else self.db.rows[:0]
+        records = self.db.records(top.rows) if len(top) else []
+        passing: list[tuple[int, int, int]] = []
+        out = []
+        for i in range(len(top)):
+            sid, stamp = int(meta["session"][i]), int(meta["stamp_ns"][i])
+            score, local = float(scores[i]), int(top.local_matches[i])
+            if score < cfg.min_score:
+                status, why = Status.LOW_SCORE, f"score {score:.3f} < min_score {cfg.min_score}"
+            elif 0 <= local < cfg.min_local_matches:
+                status, why = Status.LOW_SCORE, f"{local} local matches < min_local_matches {cfg.min_local_matches}"
+            else:
+                chain = 1 + self._chain_before(sid, stamp)
+                passing.append((sid, stamp, chain))
+                if chain >= cfg.consistency.n:
+                    status, why = Status.ACCEPTED, f"score {score:.3f}, consistent over {chain} queries"
+                else:
+                    status = Status.INCONSISTENT
+                    why = f"seen in {chain} of {cfg.consistency.n} consecutive queries"
+            out.append(self._candidate(record, int(top.rows[i]), records[i], score, top, i, i + 1, status, why))
+        self._history.append(passing)
+        return out
+
+    def _chain_before(self, session: int, stamp: int) -> int:
+        """Length of the consistent chain that the previous query offers for a match at (session, stamp)."""
+        if not self._history:
+            return 0
+        gap = int(self.config.consistency.max_gap_s * 1e9)
+        prev = [c for s, t, c in self._history[-1] if s == session and abs(t - stamp) <= gap]
+        return max(prev, default=0)
+
+    def _candidate(self, record, row, match, score, cand, i, rank, status, reason) -> LoopCandidate:
+        return LoopCandidate(
+            query_stamp_ns=record.stamp_ns,
+            query_keyframe_id=-1,
+            match_keyframe_id=match.keyframe_id,
+            match_row=row,
+            match_stamp_ns=match.stamp_ns,
+            match_session=match.session,
+            score=score,
+            hamming=int(cand.hamming[i]),
+            local_matches=int(cand.local_matches[i]),
+            rank=rank,
+            status=status,
+            reason=reason,
+            match_pose=match.pose,
+        )
+
+    def _excluded(self, query: Descriptors, allowed: np.ndarray, record: KeyframeRecord) -> list[LoopCandidate]:
+        """Best matches among excluded rows (diagnostics: why did my loop not close?)."""
+        cand = self.retriever.search(query, ~allowed)
+        top = cand.take(np.arange(min(self.config.top_n, len(cand))))
+        scores = self._score(top)
+        records = self.db.records(top.rows) if len(top) else []
+        window = self.config.exclusion.recent_s
+        return [
+            self._candidate(
+                record,
+                int(top.rows[i]),
+                records[i],
+                float(scores[i]),
+                top,
+                i,
+                0,
+                Status.EXCLUDED,
+                f"same session within the exclusion window ({window} s / newest keyframes)",
+            )
+            for i in range(len(top))
+        ]

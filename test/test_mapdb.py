@@ -1,0 +1,262 @@
+"""Map database: add/get/iterate/delete/compact, one writer and many readers, damage and crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _map_writer import LAYOUT, rows
+
+from selavpr_ros.inference.extractor import Descriptors
+from selavpr_ros.mapdb.database import MapDatabase
+from selavpr_ros.mapdb.errors import LayoutMismatchError, MapError, MapLockedError
+from selavpr_ros.mapdb.maintenance import check_map, repair_map
+from selavpr_ros.mapdb.records import StorageConfig, decode_local, pool_local
+from selavpr_ros.models.config import DescriptorLayout
+
+WRITER = Path(__file__).with_name("_map_writer.py")
+
+
+def make(tmp_path, n=10, storage=None, session="s1") -> MapDatabase:
+    db = MapDatabase.create(tmp_path / "map", LAYOUT, "m:1", {"method": "test"}, storage)
+    desc, recs = rows(0, n)
+    db.add(desc, recs, session=session)
+    return db
+
+
+def test_add_get_iterate_and_reopen(tmp_path):
+    db = make(tmp_path, 10)
+    desc, recs = rows(10, 5)
+    ids = db.add(desc, recs, session="s2")
+    assert ids == [10, 11, 12, 13, 14] and len(db) == 15
+    rec = db.get(12)
+    assert rec.frame_id == "f12" and rec.session == "s2" and rec.pose.position == (12.0, 0.0, 0.0)
+    assert [r.keyframe_id for r in db.iterate(batch=4)] == list(range(15))
+    db.close()
+    with MapDatabase.open(tmp_path / "map") as ro:
+        assert len(ro) == 15 and ro.sessions() == {"s1": 10, "s2": 5}
+        stored = ro.descriptors([3, 12])
+        ref, _ = rows(3, 1)
+        np.testing.assert_array_equal(stored.codes[0], ref.codes[0])
+        np.testing.assert_allclose(stored.descriptors[0], ref.descriptors[0], atol=1e-3)  # float16 storage
+        np.testing.assert_allclose(stored.local_features[0], ref.local_features[0], atol=1e-3)
+        assert ro.rows["stamp_ns"][12] == 12000 and ro.model_id == "m:1"
+        stats = ro.stats()
+        assert stats["bytes_per_entry"] == {"codes": 64, "float": 128, "rows": 24, "local": 5 * 7 * 8 * 2}
+        with pytest.raises(MapError, match="read-only"):
+            ro.add(desc, recs)
+
+
+def test_one_writer_many_readers(tmp_path):
+    db = make(tmp_path, 5)
+    with pytest.raises(MapLockedError, match=f"open for writing by pid {os.getpid()}"):
+        MapDatabase.open(tmp_path / "map", "w")
+    readers = [MapDatabase.open(tmp_path / "map") for _ in range(3)]
+    desc, recs = rows(5, 3)
+    db.add(desc, recs)
+    for r in readers:
+        assert len(r) == 5
+        assert r.refresh() and len(r) == 8
+        np.testing.assert_array_equal(r.codes[7], desc.codes[2])
+        r.close()
+    db.close()
+    MapDatabase.open(tmp_path / "map", "w").close()  # the lock is released on close
+
+
+def test_layout_and_model_mismatch_are_named(tmp_path):
+    db = make(tmp_path, 2)
+    other = DescriptorLayout(512, 128, 0)
+    with pytest.raises(
+        LayoutMismatchError,
+        match="map holds codes 512 bit, float 64-d, local 5x7x8 from model m:1, "
+        "but the model gives codes 512 bit, float 128-d, no local",
+    ):
+        db.check_model(other, "x:2")
+    with pytest.raises(LayoutMismatchError, match="built with model m:1, not m:2"):
+        db.check_model(LAYOUT, "m:2")
+    db.check_model(LAYOUT, "m:1")
+    desc, recs = rows(2, 2)
+    bad = Descriptors(desc.codes, np.zeros((2, 32), np.float32), desc.hash_z, desc.local_features)
+    with pytest.raises(LayoutMismatchError, match="descriptors are 32-d but the map stores 64-d"):
+        db.add(bad, recs)
+    nan = Descriptors(desc.codes, desc.descriptors.copy(), desc.hash_z, desc.local_features)
+    nan.descriptors[1, 3] = np.nan
+    with pytest.raises(MapError, match=r"descriptor rows \[1\] contain NaN.*nothing was added"):
+        db.add(nan, recs)
+    assert len(db) == 2
+
+
+def test_delete_session_and_compact_keep_ids(tmp_path):
+    db = make(tmp_path, 6, session="a")
+    desc, recs = rows(6, 4)
+    db.add(desc, recs, session="b")
+    assert db.delete_session("a") == 6 and len(db) == 4 and db.count == 10
+    assert not db.live_mask()[:6].any()
+    result = db.compact()
+    assert result == {"kept": 4, "removed": 6} and db.count == 4
+    assert db.rows["keyframe_id"].tolist() == [6, 7, 8, 9]
+    assert db.get(8).row == 2 and db.get(8).frame_id == "f8"
+    np.testing.assert_array_equal(db.codes[2], desc.codes[2])
+    assert not (tmp_path / "map" / "codes.0.bin").exists() and (tmp_path / "map" / "codes.1.bin").exists()
+    with pytest.raises(MapError, match="no keyframe with id 2"):
+        db.get(2)
+    with pytest.raises(MapError, match="no session 'zzz'"):
+        db.delete_session("zzz")
+    db.close()
+    assert check_map(tmp_path / "map").ok
+
+
+def test_reduced_local_storage(tmp_path):
+    db = make(tmp_path, 3, storage=StorageConfig(float_dtype="float32", local_dtype="int8", local_pool=2))
+    desc, _ = rows(0, 3)
+    assert db.local_features.shape == (3, 2, 3, 8) and db.local_features.dtype == np.int8
+    expected = pool_local(desc.local_features, 2)
+    np.testing.assert_allclose(decode_local(np.asarray(db.local_features)), expected, atol=1 / 127)
+    np.testing.assert_array_equal(db.float_descriptors, desc.descriptors)
+
+
+def test_damaged_maps_give_clear_errors_and_no_further_damage(tmp_path):
+    db = make(tmp_path, 10)
+    db.close()
+    path = tmp_path / "map"
+    codes = path / "codes.0.bin"
+    codes_bytes = codes.read_bytes()
+    with open(codes, "r+b") as f:
+        f.truncate(64 * 7)
+    with pytest.raises(MapError, match="truncated array file, it holds 7 of 10 committed rows"):
+        MapDatabase.open(path)
+    with pytest.raises(MapError, match="cannot repair without losing committed entries"):
+        repair_map(path)
+    assert codes.stat().st_size == 64 * 7  # repair refused and changed nothing
+    codes.write_bytes(codes_bytes)
+    assert check_map(path).ok
+
+    (path / "map.sqlite").rename(tmp_path / "moved.sqlite")
+    with pytest.raises(MapError, match="map.sqlite is missing but array files exist"):
+        MapDatabase.open(path)
+    with pytest.raises(MapError, match="holds array files but no map.sqlite"):
+        MapDatabase.create(path, LAYOUT, "m:1")
+    (tmp_path / "moved.sqlite").rename(path / "map.sqlite")
+    with pytest.raises(MapError, match="map not found"):
+        MapDatabase.open(tmp_path / "nowhere")
+    with pytest.raises(MapError, match="a map exists here already"):
+        MapDatabase.create(path, LAYOUT, "m:1")
+
+    with MapDatabase.open(path, "w") as w:
+        w.query("SELECT 1")
+        w._conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(MapError, match="schema 99 was written by a newer selavpr_ros"):
+        MapDatabase.open(path)
+
+
+def test_repair_drops_only_an_uncommitted_tail(tmp_path):
+    db = make(tmp_path, 10)
+    db.close()
+    path = tmp_path / "map"
+    with open(path / "float.0.bin", "ab") as f:
+        f.write(b"\x01" * 200)  # a crashed add's torn tail
+    report = check_map(path)
+    assert report.ok and report.torn_bytes == {"float.0.bin": 200}
+    after = repair_map(path)
+    assert after.ok and not after.torn_bytes and after.committed == 10
+    assert (path / "float.0.bin").stat().st_size == 10 * 64 * 2
+
+
+def _run_writer(path: Path, batch: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WRITER.parent), str(WRITER.parents[1])])}
+    return subprocess.Popen(
+        [sys.executable, str(WRITER), str(path), str(batch)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+class _Expected:
+    """The deterministic rows the writer produces, generated once and extended as the map grows."""
+
+    def __init__(self) -> None:
+        self.desc: Descriptors | None = None
+
+    def upto(self, n: int) -> Descriptors:
+        have = 0 if self.desc is None else len(self.desc)
+        if n > have:
+            more, _ = rows(have, n - have)
+            self.desc = more if self.desc is None else Descriptors.concat([self.desc, more])
+        return self.desc[:n] if n else None
+
+
+def _verify_prefix(path: Path, batch: int, expected: _Expected | None = None) -> int:
+    """Reopen the map and compare every committed row with what the writer wrote."""
+    expected = expected or _Expected()
+    with MapDatabase.open(path) as db:
+        n = db.count
+        assert n % batch == 0, f"{n} rows is not a whole number of atomic batches"
+        if n:
+            desc = expected.upto(n)
+            np.testing.assert_array_equal(np.asarray(db.codes), desc.codes)
+            np.testing.assert_array_equal(np.asarray(db.float_descriptors), desc.descriptors.astype(np.float16))
+            np.testing.assert_array_equal(np.asarray(db.local_features), desc.local_features.astype(np.float16))
+            assert np.array_equal(db.rows["keyframe_id"], np.arange(n))
+            assert np.array_equal(db.rows["stamp_ns"], np.arange(n) * 1000)
+            last = db.records([0, n - 1])
+            assert [r.frame_id for r in last] == ["f0", f"f{n - 1}"]
+            assert db.query("SELECT COUNT(*) FROM keyframes")[0][0] == n
+    return n
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_never_loses_committed_entries(tmp_path):
+    path, batch = tmp_path / "crash", 16
+    rng = np.random.default_rng(1234)
+    expected = _Expected()
+    trials, previous, torn_seen = 24, 0, 0
+    for _ in range(trials):
+        proc = _run_writer(path, batch)
+        time.sleep(float(rng.uniform(0.3, 0.9)))
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+        reported = [int(line.split()[1]) for line in out.splitlines() if line.startswith("committed")]
+        n = _verify_prefix(path, batch, expected)
+        # Every add the child saw return is there; at most the one in flight is extra.
+        seen = max(reported, default=previous)
+        assert seen <= n <= seen + batch and n >= previous
+        report = check_map(path)
+        assert report.ok, report.problems
+        torn_seen += bool(report.torn_bytes)
+        previous = n
+    assert previous > 0
+    assert repair_map(path).ok and _verify_prefix(path, batch, expected) == previous
+
+
+def test_disk_full_loses_nothing_committed(tmp_path):
+    """A real full filesystem: a 1 MB tmpfs in a private mount namespace (no root needed)."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) not available")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WRITER.parent), str(WRITER.parents[1])])}
+    script = f"mount -t tmpfs -o size=1m tmpfs {mnt} && exec {sys.executable} {WRITER.with_name('_disk_full.py')} {mnt}"
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    if result.returncode != 0 and "mount" in result.stderr and "permission" in result.stderr.lower():
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["committed"] > 0 and report["committed"] % 20 == 0
+    assert "disk full" in report["error"]
+    assert "nothing of these 20 keyframes was added, committed entries are intact" in report["error"]
+    assert report["codes_intact"] and report["floats_intact"] and report["count_after_reopen"] == report["committed"]
+    assert report["check_ok"] and report["repair_ok"]
+    assert report["count_after_more"] == report["committed"] + 20 and report["new_rows_ok"]
