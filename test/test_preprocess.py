@@ -82,3 +82,19 @@ def test_any_image_size_gives_the_model_size(h, w, channels, mode):
     img = np.random.default_rng(h * 100 + w).integers(0, 256, shape, dtype=np.uint8)
     x = preprocess(img, PreprocessConfig(height=28, width=42, resize=mode))
     assert x.shape == (3, 28, 42) and np.isfinite(x).all()
+
+
+def test_per_image_normalisation_removes_brightness_and_contrast():
+    cfg = PreprocessConfig(height=28, width=56, normalize="per_image")
+    rng = np.random.default_rng(1)
+    base = rng.integers(40, 160, (32, 64, 3)).astype(np.float64)
+    a = preprocess(base.astype(np.uint8), cfg)
+    b = preprocess(np.clip(base * 1.5 + 20, 0, 255).astype(np.uint8), cfg)  # brighter, more contrast
+    assert a.mean() == pytest.approx(0.0, abs=1e-5) and a.std() == pytest.approx(1.0, abs=0.02)  # eps 1e-3 in std
+    other = preprocess(rng.integers(40, 160, (32, 64, 3)).astype(np.uint8), cfg)
+    assert np.abs(a - b).mean() < 0.03 < 0.5 < np.abs(a - other).mean()  # same picture, up to 8-bit rounding
+    from selavpr_ros.config import from_dict
+    from selavpr_ros.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="normalize"):
+        from_dict(PreprocessConfig, {"normalize": "whiten"})

@@ -15,7 +15,14 @@ import sys
 from selavpr_ros._version import __version__
 from selavpr_ros.errors import SelaVPRError
 
-COMMAND_MODULES = ("selavpr_ros.cli.model_commands", "selavpr_ros.cli.map_commands")
+COMMAND_MODULES = (
+    "selavpr_ros.cli.model_commands",
+    "selavpr_ros.cli.map_commands",
+    "selavpr_ros.cli.node_commands",
+    "selavpr_ros.cli.bag_commands",
+    "selavpr_ros.cli.demo",
+    "selavpr_ros.cli.eval_commands",
+)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -40,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("faiss").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except SelaVPRError as exc:

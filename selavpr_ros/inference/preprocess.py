@@ -87,7 +87,10 @@ def preprocess(image: np.ndarray | str | os.PathLike, config: PreprocessConfig, 
     if pil.size != (config.width, config.height):
         pil = pil.resize((config.width, config.height), _RESAMPLE[config.interpolation])
     x = np.asarray(pil, dtype=np.float32) / 255.0
-    x = (x - np.asarray(config.mean, np.float32)) / np.asarray(config.std, np.float32)
+    if config.normalize == "per_image":
+        x = (x - x.mean()) / (x.std() + 1e-3)
+    else:
+        x = (x - np.asarray(config.mean, np.float32)) / np.asarray(config.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 

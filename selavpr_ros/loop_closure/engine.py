@@ -89,7 +89,9 @@ class KeyframeGate:
         if pose is not None and last.pose is not None and (cfg.min_translation_m > 0 or cfg.min_rotation_deg > 0):
             moved = float(np.linalg.norm(np.subtract(pose.position, last.pose.position)))
             turned = abs(np.degrees(np.angle(np.exp(1j * (pose.yaw() - last.pose.yaw())))))
-            if moved < cfg.min_translation_m and turned < cfg.min_rotation_deg:
+            far = cfg.min_translation_m > 0 and moved >= cfg.min_translation_m
+            turned_enough = cfg.min_rotation_deg > 0 and turned >= cfg.min_rotation_deg
+            if not (far or turned_enough):  # a disabled test (0) never makes a keyframe on its own
                 return f"moved {moved:.2f} m and turned {turned:.1f} deg since the last keyframe"
         if cfg.max_similarity < 1.0:
             sim = float(np.dot(descriptor, last.descriptor))

@@ -123,6 +123,10 @@ class PreprocessConfig:
     ``stretch`` resizes without keeping the aspect ratio (the papers' protocol);
     ``center_crop`` first crops the largest centred window of the target aspect
     ratio. Grey images are replicated to RGB; an alpha channel is dropped.
+    ``normalize: imagenet`` subtracts ``mean`` and divides by ``std`` (what
+    DINOv2 was trained with); ``per_image`` standardises each image to zero
+    mean and unit variance, which removes global illumination changes (used by
+    the small demo model, whose trunk has no pretraining to rely on).
     """
 
     height: int = 224
@@ -131,6 +135,7 @@ class PreprocessConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     resize: Literal["stretch", "center_crop"] = "stretch"
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    normalize: Literal["imagenet", "per_image"] = "imagenet"
 
     def __post_init__(self) -> None:
         check(self.height > 0 and self.width > 0, f"preprocess: size must be positive, got {self.height}x{self.width}")

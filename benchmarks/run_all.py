@@ -1,0 +1,120 @@
+"""Run every benchmark, then write one Markdown summary and the README's performance section.
+
+    python benchmarks/run_all.py                 # run all (about 20 minutes on 2 cores), then summarise
+    python benchmarks/run_all.py --only train    # run some, summarise all results present
+    python benchmarks/run_all.py --summary-only  # just regenerate the summary from benchmarks/results/*.json
+
+The summary goes to ``benchmarks/results/SUMMARY.md`` and replaces the text
+between the ``benchmarks:start`` / ``benchmarks:end`` markers of README.md, so
+the README's numbers are generated from the JSON files, never typed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from _common import RESULTS, ROOT, table
+
+BENCHMARKS = ("extract", "retrieval", "train", "train_nordland", "node_load")
+START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _extract(d: dict) -> str:
+    rows = [r for r in d["rows"] if r["batch"] == 1]
+    return table(rows, [("model", "model", ""), ("input", "input", ""), ("backend", "backend", ""),
+                        ("ms_per_frame", "ms / frame", ".1f"), ("x_bound", "x FLOP bound", ".2f")])
+
+
+def _retrieval(d: dict) -> str:
+    out = table(d["rows"], [("entries", "map entries", ","), ("a_binary_float_ms", "binary top-100 + float ms", ".2f"),
+                            ("b_float_exhaustive_ms", "exhaustive float ms", ".2f"), ("b_over_a", "speed-up", ".1f"),
+                            ("open_ms", "open ms", ".1f"), ("bytes_per_entry", "bytes / entry", "")])
+    local = d.get("local") or []
+    if local:
+        out += "\n\nLocal re-rank (per query):\n\n" + table(local, [("storage", "storage", ""), ("k", "top-k", ""),
+                                                                 ("local_ms", "ms", ".0f"),
+                                                                 ("bytes_per_entry", "bytes / entry", ",")])
+    return out
+
+
+def _train(d: dict) -> str:
+    return (f"{d['arch']}, {d['size']}x{d['size']}, batch {d['batch']}:\n\n"
+            + table(d["rows"], [("variant", "variant", ""), ("trainable_params", "trainable", ","),
+                                ("step_ms", "ms / step", ".0f"), ("peak_rss_mib", "peak RSS MiB", ".0f"),
+                                ("overhead_mib", "step overhead MiB", ".0f")]))
+
+
+def _train_nordland(d: dict) -> str:
+    text = f"{d['eval_set']}, correct within {d['threshold']}:\n\n" + table(
+        d["rows"], [("model", "model", ""), ("R@1", "R@1", ".1f"), ("R@5", "R@5", ".1f"), ("R@10", "R@10", ".1f"),
+                    ("binary R@1", "codes R@1", ".1f")])
+    if d.get("training"):
+        text += f"\n\nTraining took {d['training']['minutes']:.1f} min on {d['machine']['cpus']} cores."
+    return text
+
+
+def _node_load(d: dict) -> str:
+    rows = [{"key": k, "value": v} for k, v in d.get("summary", d).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return table(rows, [("key", "measure", ""), ("value", "value", ".4g")])
+
+
+SUMMARIES: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "extract": ("Descriptor extraction (random weights, ms per frame, batch 1)", _extract),
+    "retrieval": ("Map search per query", _retrieval),
+    "train": ("Training step: in-block vs side adapters vs trunk cache", _train),
+    "train_nordland": ("Learning on Nordland (held-out 30 %)", _train_nordland),
+    "node_load": ("Node under a 30 Hz DDS stream with slow inference", _node_load),
+}
+
+
+def summary() -> str:
+    parts = []
+    for name, (title, fn) in SUMMARIES.items():
+        d = _load(name)
+        if d is None:
+            continue
+        cpu = d.get("machine", {}).get("cpu", "")
+        parts.append(f"### {title}\n\n{fn(d)}\n\n<sub>`benchmarks/{name}.py`, {d.get('date', '')}, {cpu}</sub>")
+    return "\n\n".join(parts)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="*", choices=BENCHMARKS, help="run only these")
+    p.add_argument("--summary-only", action="store_true", help="do not run anything, summarise existing results")
+    args = p.parse_args()
+    failed = []
+    if not args.summary_only:
+        for name in args.only or BENCHMARKS:
+            t = time.perf_counter()
+            print(f"== {name}", flush=True)
+            proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py")])
+            print(f"== {name}: exit {proc.returncode} in {time.perf_counter() - t:.0f} s", flush=True)
+            if proc.returncode:
+                failed.append(name)
+    text = summary()
+    (RESULTS / "SUMMARY.md").write_text("# Benchmark summary\n\n" + text + "\n")
+    readme = ROOT / "README.md"
+    content = readme.read_text()
+    if START in content and END in content:
+        head, rest = content.split(START, 1)
+        _, tail = rest.split(END, 1)
+        readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+    print(text)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

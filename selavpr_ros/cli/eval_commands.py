@@ -1,0 +1,77 @@
+"""``selavpr-ros eval``: Recall@N after each retrieval stage, latency, memory, and a report with pictures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from selavpr_ros.errors import ConfigError
+
+DESCRIPTION = """\
+Evaluate a model on a VPR dataset: Recall@1/5/10/20 after each retrieval stage
+(binary codes only, + float re-rank, + local re-rank for SelaVPR models),
+per-stage latency, bytes per map entry and extraction throughput. Writes
+report.json, report.md and PNG figures to --out.
+
+Layouts (detected): images/<split>/{database,queries} with @utm_e@utm_n@
+names (threshold in metres, default 25m); traversal folders with the same file
+names, e.g. summer/ winter/ (threshold in frames, default 2frames);
+<name>_{dbImages,qImages,gt}.npy (precomputed, GSV-Cities validation sets); a
+map built by `build-map --save-images --pose-topic` with --query-map
+(metres). Ground truth is cached in ~/.cache/selavpr_ros/gt.
+"""
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from selavpr_ros.evaluation.evaluate import check_input_size, evaluate, load_eval_set, write_report
+    from selavpr_ros.inference.extractor import open_extractor
+    from selavpr_ros.models.zoo import resolve_checkpoint
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    order = ["binary", "float", "local"]
+    if not stages or any(s not in order for s in stages):
+        raise ConfigError(f"--stages takes a comma-separated subset of {', '.join(order)}, got '{args.stages}'")
+    stages = [s for s in order if s in stages]
+    folders = tuple(args.folders.split(","))
+    if len(folders) != 2:
+        raise ConfigError("--folders takes DATABASE,QUERIES (two folder names)")
+    ev = load_eval_set(args.dataset, args.layout, args.threshold, args.split, folders, args.query_map)
+    if args.max_queries:
+        import numpy as np
+
+        keep = np.linspace(0, len(ev.queries) - 1, min(args.max_queries, len(ev.queries))).round().astype(int)
+        ev.queries = [ev.queries[i] for i in keep]
+        ev.positives = [ev.positives[i] for i in keep]
+    extractor = open_extractor(resolve_checkpoint(args.checkpoint), device=args.device)
+    check_input_size(ev, extractor)
+    report, extras = evaluate(extractor, ev, stages, batch_size=args.batch_size, k=args.k, local_k=args.local_k,
+                              progress=not args.quiet)
+    json_path, md_path = write_report(report, extras, ev, Path(args.out), args.query)
+    print(md_path.read_text().split("\n## ")[0])
+    print(json.dumps({"report": str(md_path), "json": str(json_path)}))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from selavpr_ros.cli import HelpFormatter
+
+    p = sub.add_parser("eval", help="recall, latency and memory on a VPR dataset, with a report",
+                       description=DESCRIPTION, formatter_class=HelpFormatter)
+    p.add_argument("--dataset", required=True, help="dataset folder (see the layouts above)")
+    p.add_argument("--checkpoint", help="model (.ckpt or .onnx); default: the built-in demo model")
+    p.add_argument("--stages", default="binary,float", help="stages to report: binary,float[,local]")
+    p.add_argument("--threshold", help="correct-match threshold, e.g. 25m or 2frames (layout default)")
+    p.add_argument("--layout", default="auto", choices=("auto", "utm", "sequence", "precomputed", "map"))
+    p.add_argument("--split", default="test", help="utm layout: images/<split>/")
+    p.add_argument("--folders", default="summer,winter", help="sequence layout: DATABASE,QUERIES folders")
+    p.add_argument("--query-map", help="map layout: the query map")
+    p.add_argument("--out", default="eval_report", help="report folder")
+    p.add_argument("--k", type=int, default=100, help="candidates from the binary stage")
+    p.add_argument("--local-k", type=int, default=20, help="candidates re-ranked with local features")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-queries", type=int, default=0, help="evaluate an evenly spaced subset of queries")
+    p.add_argument("--query", type=int, help="query index for the top-5 figure (default: the first found)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_eval)

@@ -1,0 +1,69 @@
+"""``selavpr-ros node``: the loop-closure node over CycloneDDS, without a ROS 2 install."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import threading
+import time
+
+import yaml
+
+from selavpr_ros.errors import ConfigError
+
+DESCRIPTION = """\
+Run the place-recognition node on a live camera topic without ROS 2: the same
+pipeline as `ros2 launch selavpr_ros vpr.launch.py`, talking to ROS 2 nodes
+(rmw_cyclonedds_cpp, same ROS_DOMAIN_ID) or to other DDS programs. It
+subscribes to sensor_msgs/Image (or CompressedImage), publishes
+selavpr_ros/LoopClosureCandidateArray and diagnostic_msgs/DiagnosticArray on
+/diagnostics, and flushes the map on Ctrl-C.
+"""
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from selavpr_ros.node.params import SPECS, load_params_file, validate
+    from selavpr_ros.node.pipeline import VPRPipeline
+    from selavpr_ros.transport.dds_node import DDSNode
+
+    params = load_params_file(args.params) if args.params else validate({})
+    for item in args.param or []:
+        name, sep, raw = item.partition(":=")
+        if not sep or name not in SPECS:
+            raise ConfigError(f"-p expects NAME:=VALUE with a known NAME, got '{item}'")
+        params[name] = yaml.safe_load(raw) if SPECS[name].type is not str else raw
+    params = validate(params)
+    pipeline = VPRPipeline(params)
+    node = DDSNode(pipeline, namespace=args.namespace, domain_id=args.domain_id)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    started = time.monotonic()
+    try:
+        while not stop.wait(0.2):
+            if args.duration and time.monotonic() - started > args.duration:
+                break
+    finally:
+        node.close()
+        stats = node.worker.stats.summary()
+        stats["published"] = node.published
+        stats["map_size"] = pipeline.db.count
+        pipeline.close()
+        print(json.dumps(stats), flush=True)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from selavpr_ros.cli import HelpFormatter
+
+    p = sub.add_parser("node", help="run the loop-closure node over DDS (no ROS 2 needed)", description=DESCRIPTION,
+                       formatter_class=HelpFormatter)
+    p.add_argument("--params", help="ROS 2 parameter file (e.g. config/vpr.yaml); defaults otherwise")
+    p.add_argument("-p", "--param", action="append", metavar="NAME:=VALUE",
+                   help="override one parameter, as `ros2 run ... --ros-args -p` does")
+    p.add_argument("--namespace", default="", help="node namespace for relative topic names")
+    p.add_argument("--domain-id", type=int, default=int(os.environ.get("ROS_DOMAIN_ID", "0")), help="DDS domain")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = run until Ctrl-C)")
+    p.set_defaults(func=cmd_node)

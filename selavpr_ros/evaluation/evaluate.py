@@ -1,0 +1,285 @@
+"""One evaluation: describe a dataset, search it stage by stage, measure, and write a report.
+
+Recall@N after each retrieval stage (binary only, + float re-rank, + local
+re-rank) uses the same map database and retriever the robot uses; latency is
+per query and per stage; bytes per entry come from the map's storage; and
+extraction throughput is images per second over the whole dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from selavpr_ros.datasets.base import DatasetError, EvalSet
+from selavpr_ros.datasets.map_data import load_map_eval
+from selavpr_ros.datasets.sequence import IMAGE_SUFFIXES, load_sequence_eval
+from selavpr_ros.datasets.utm import load_utm_eval
+from selavpr_ros.evaluation.recall import recall_at
+from selavpr_ros.inference.extractor import Descriptors, Extractor
+from selavpr_ros.mapdb.database import MapDatabase
+from selavpr_ros.mapdb.records import KeyframeRecord
+from selavpr_ros.retrieval.retriever import RetrievalConfig, Retriever
+
+LAYOUTS = ("utm", "sequence", "precomputed", "map")
+STAGE_LISTS = {"binary": ["binary"], "float": ["binary", "float"], "local": ["binary", "float", "local"]}
+STAGE_NAMES = {"binary": "binary", "float": "+ float re-rank", "local": "+ local re-rank"}
+
+
+def detect_layout(root: Path) -> str:
+    """Which of the supported layouts ``root`` is; a DatasetError that lists them otherwise."""
+    if (root / "map.sqlite").is_file():
+        return "map"
+    if list(root.glob("*_gt.npy")) and list(root.glob("*_dbImages.npy")):
+        return "precomputed"
+    for base in (root / "images", root):
+        if not base.is_dir():
+            continue
+        for d in [base, *(p for p in base.iterdir() if p.is_dir())]:
+            if (d / "database").is_dir() and (d / "queries").is_dir():
+                return "utm"
+    folders = [p for p in root.iterdir() if p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir())]
+    if len(folders) >= 2:
+        return "sequence"
+    raise DatasetError(
+        f"{root}: not a dataset layout this tool reads. Expected one of: images/<split>/database + queries with "
+        "@utm_e@utm_n@ names (utm); two or more traversal folders with the same file names (sequence, e.g. "
+        "summer/ winter/); <name>_dbImages.npy, <name>_qImages.npy, <name>_gt.npy (precomputed, GSV-Cities "
+        "validation sets); a map built by build-map --save-images (map, with --query-map)")
+
+
+def load_precomputed(root: Path, name: str | None = None) -> EvalSet:
+    """GSV-Cities-style validation sets: image lists and ground truth stored as .npy files."""
+    gts = sorted(root.glob(f"{name or '*'}_gt.npy"))
+    if not gts:
+        raise DatasetError(f"{root}: no {name or '*'}_gt.npy")
+    stem = gts[0].name[: -len("_gt.npy")]
+    db = np.load(root / f"{stem}_dbImages.npy", allow_pickle=True)
+    q = np.load(root / f"{stem}_qImages.npy", allow_pickle=True)
+    gt = np.load(gts[0], allow_pickle=True)
+    if len(gt) != len(q):
+        raise DatasetError(f"{gts[0]}: ground truth for {len(gt)} queries, {len(q)} query images listed")
+    return EvalSet(stem, [root / str(p) for p in db], [root / str(p) for p in q],
+                   [np.asarray(g, np.int64) for g in gt], "precomputed")
+
+
+def parse_threshold(text: str | None) -> tuple[str, float] | None:
+    """``25m`` -> ("m", 25.0); ``2frames`` -> ("frames", 2.0)."""
+    if not text:
+        return None
+    t = text.strip().lower().replace(" ", "")
+    for unit in ("frames", "frame", "m"):
+        if t.endswith(unit):
+            try:
+                return ("frames" if unit.startswith("frame") else "m", float(t[: -len(unit)]))
+            except ValueError:
+                break
+    raise DatasetError(f"threshold '{text}': write it as e.g. 25m or 2frames")
+
+
+def _gt_cache_key(root: Path, layout: str, threshold, extra: dict) -> str:
+    h = hashlib.sha256(json.dumps([str(root.resolve()), layout, threshold, extra], sort_keys=True).encode())
+    for path in sorted(root.rglob("*"))[:200000]:
+        if path.is_file() and path.suffix.lower() in (*IMAGE_SUFFIXES, ".npy", ".sqlite"):
+            st = path.stat()
+            h.update(f"{path.relative_to(root)}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:24]
+
+
+def load_eval_set(root: str | Path, layout: str = "auto", threshold: str | None = None, split: str = "test",
+                  folders: tuple[str, str] = ("summer", "winter"), query_map: str | Path | None = None,
+                  cache_dir: Path | None = None) -> EvalSet:
+    """An evaluation set from any supported layout; ground truth is cached on disk after the first time."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found")
+    layout = detect_layout(root) if layout == "auto" else layout
+    thr = parse_threshold(threshold)
+    if thr and ((layout == "sequence") != (thr[0] == "frames")) and layout != "precomputed":
+        raise DatasetError(f"threshold {threshold} does not fit the {layout} layout "
+                           f"({'frames' if layout == 'sequence' else 'metres'} expected)")
+    cache_dir = cache_dir or Path(os.environ.get("SELAVPR_CACHE", Path.home() / ".cache" / "selavpr_ros")) / "gt"
+    key = _gt_cache_key(root, layout, thr, {"split": split, "folders": folders, "query_map": str(query_map)})
+    cached = cache_dir / f"{key}.json"
+    if cached.is_file():
+        data = json.loads(cached.read_text())
+        return EvalSet(data["name"], [Path(p) for p in data["database"]], [Path(p) for p in data["queries"]],
+                       [np.asarray(p, np.int64) for p in data["positives"]], data["threshold"])
+    if layout == "utm":
+        ev = load_utm_eval(root, split, thr[1] if thr else 25.0)
+    elif layout == "sequence":
+        ev = load_sequence_eval(root, folders[0], folders[1], tolerance=int(thr[1]) if thr else 2)
+    elif layout == "precomputed":
+        ev = load_precomputed(root)
+    elif layout == "map":
+        if query_map is None:
+            raise DatasetError(f"{root} is a map: give the query map with --query-map")
+        ev = load_map_eval(root, query_map, thr[1] if thr else 25.0)
+    else:
+        raise DatasetError(f"unknown layout '{layout}' (one of: auto, {', '.join(LAYOUTS)})")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"name": ev.name, "database": [str(p) for p in ev.database],
+                               "queries": [str(p) for p in ev.queries],
+                               "positives": [p.tolist() for p in ev.positives], "threshold": ev.threshold}))
+    os.replace(tmp, cached)
+    return ev
+
+
+def check_input_size(ev: EvalSet, extractor: Extractor, max_upscale: float = 4.0) -> None:
+    """Refuse datasets whose images are far smaller than the model's input (upscaling invents detail)."""
+    with Image.open(ev.queries[0]) as im:
+        w, h = im.size
+    pre = extractor.config.preprocess
+    scale = max(pre.height / h, pre.width / w)
+    if scale > max_upscale:
+        raise DatasetError(f"{ev.queries[0]} is {w}x{h} but the model reads {pre.width}x{pre.height} "
+                           f"({scale:.1f}x upscaling); use a model with a smaller input (export-onnx --size) "
+                           f"or images of at least {pre.width / max_upscale:.0f}x{pre.height / max_upscale:.0f}")
+
+
+@dataclass
+class EvalReport:
+    dataset: str
+    threshold: str
+    model_id: str
+    database_images: int
+    queries: int
+    queries_without_match: int
+    recall: dict[str, dict[int, float]] = field(default_factory=dict)
+    stage_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    bytes_per_entry: dict[str, int] = field(default_factory=dict)
+    extraction_images_per_s: float = 0.0
+    latency_vs_map_size: list[dict[str, Any]] = field(default_factory=list)
+    figures: dict[str, str] = field(default_factory=dict)
+    example_query: int = -1
+
+
+def evaluate(extractor: Extractor, ev: EvalSet, stages: list[str], ns: tuple[int, ...] = (1, 5, 10, 20),
+             batch_size: int = 32, k: int = 100, local_k: int = 20, work_dir: Path | None = None,
+             progress: bool = True) -> tuple[EvalReport, dict[str, Any]]:
+    """Recall, latency and size figures for ``stages`` (a prefix of binary, float, local)."""
+    if ev.queries_without_match == len(ev.queries):
+        raise DatasetError(f"{ev.name}: no query has a ground-truth match within {ev.threshold}; check the "
+                           "threshold or the database/query split")
+    layout = extractor.layout
+    if "local" in stages and layout.local_dim == 0:
+        raise DatasetError(f"stage 'local' needs a model with local features; {extractor.model_id} has none")
+    t0 = time.perf_counter()
+    db_desc = extractor.extract(ev.database, batch_size, progress)
+    q_desc = extractor.extract(ev.queries, batch_size, progress)
+    ips = (len(ev.database) + len(ev.queries)) / (time.perf_counter() - t0)
+    work = Path(work_dir or tempfile.mkdtemp(prefix="selavpr_eval_"))
+    db = MapDatabase.create(work / "map", layout, extractor.model_id)
+    db.add(db_desc, [KeyframeRecord(stamp_ns=i, image_ref=str(p)) for i, p in enumerate(ev.database)], "database")
+    report = EvalReport(ev.name, ev.threshold, extractor.model_id, len(ev.database), len(ev.queries),
+                        ev.queries_without_match, extraction_images_per_s=ips,
+                        bytes_per_entry=db.stats()["bytes_per_entry"])
+    rankings: dict[str, np.ndarray] = {}
+    for stage in stages:
+        cfg = RetrievalConfig(stages=STAGE_LISTS[stage], k=min(k, len(ev.database)), local_k=local_k)
+        retriever = Retriever(db, cfg)
+        cands = retriever.search_batch(q_desc)
+        width = max(ns)
+        pred = np.full((len(cands), width), -1, np.int64)
+        for i, c in enumerate(cands):
+            pred[i, : min(width, len(c))] = c.rows[:width]
+        rankings[stage] = pred
+        report.recall[STAGE_NAMES[stage]] = recall_at(pred, ev.positives, ns)
+        report.stage_ms[STAGE_NAMES[stage]] = {s: float(np.median([c.timings_ms.get(s, np.nan) for c in cands]))
+                                               for s in STAGE_LISTS[stage]}
+    report.latency_vs_map_size = _latency_vs_size(db, q_desc, stages, k)
+    db.close()
+    return report, {"rankings": rankings, "query_desc": q_desc, "db_desc": db_desc}
+
+
+def _latency_vs_size(db: MapDatabase, queries: Descriptors, stages: list[str], k: int) -> list[dict[str, Any]]:
+    """Per-query latency of each stage on growing prefixes of the map (a quarter, a half, all)."""
+    rows = []
+    n = db.count
+    sample = queries[np.arange(min(len(queries), 50))]
+    for frac in (0.25, 0.5, 1.0):
+        size = max(1, int(n * frac))
+        allowed = np.zeros(n, bool)
+        allowed[:size] = True
+        for stage in stages:
+            retriever = Retriever(db, RetrievalConfig(stages=STAGE_LISTS[stage], k=min(k, size)))
+            t = time.perf_counter()
+            retriever.search_batch(sample, allowed)
+            rows.append({"map_size": size, "stage": STAGE_NAMES[stage],
+                         "ms": (time.perf_counter() - t) * 1000 / len(sample)})
+    return rows
+
+
+def write_report(report: EvalReport, extras: dict[str, Any], ev: EvalSet, out: Path, query: int | None = None
+                 ) -> tuple[Path, Path]:
+    """``report.json``, ``report.md`` and the figures in ``out``."""
+    from selavpr_ros.evaluation.plots import (
+        grid_to_pixels,
+        plot_latency_vs_map_size,
+        plot_local_matches,
+        plot_recall_curves,
+        plot_top_matches,
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    figs = report.figures
+    figs["recall"] = str(plot_recall_curves(report.recall, out / "recall.png", report.dataset).name)
+    figs["latency"] = str(plot_latency_vs_map_size(report.latency_vs_map_size, out / "latency.png").name)
+    last = list(extras["rankings"])[-1]
+    pred = extras["rankings"][last]
+    if query is None:  # a well-textured query the last stage gets right (not a tunnel or a blank frame)
+        hits = [i for i, p in enumerate(ev.positives) if len(p) and pred[i, 0] in p][:200]
+        hits = hits or [next(i for i, p in enumerate(ev.positives) if len(p))]
+        query = max(hits, key=lambda i: np.asarray(Image.open(ev.queries[i]).convert("L"), np.float32).std())
+    report.example_query = int(query)
+    top = [int(r) for r in pred[query, :5] if r >= 0]
+    figs["top5"] = str(plot_top_matches(ev.queries[query], [ev.database[r] for r in top],
+                                        [r in ev.positives[query] for r in top], out / "top5.png",
+                                        title=f"query {query}: {ev.queries[query].name}").name)
+    q_local, d_local = extras["query_desc"].local_features, extras["db_desc"].local_features
+    if q_local is not None and top:
+        from selavpr_ros.retrieval.local_matching import mutual_nn_pairs
+
+        qi, di = mutual_nn_pairs(q_local[query], d_local[top[0]])
+        grid = q_local.shape[1:3]
+        with Image.open(ev.queries[query]) as qa, Image.open(ev.database[top[0]]) as da:
+            pa = grid_to_pixels(qi, grid, (qa.height, qa.width))
+            pb = grid_to_pixels(di, grid, (da.height, da.width))
+        figs["local_matches"] = str(plot_local_matches(ev.queries[query], ev.database[top[0]], pa, pb,
+                                                       out / "local_matches.png").name)
+    json_path = out / "report.json"
+    json_path.write_text(json.dumps(asdict(report), indent=1, default=float))
+    md_path = out / "report.md"
+    md_path.write_text(markdown(report))
+    return json_path, md_path
+
+
+def markdown(r: EvalReport) -> str:
+    ns = sorted({n for v in r.recall.values() for n in v})
+    lines = [f"# Evaluation: {r.dataset}", "",
+             f"Model `{r.model_id}`; {r.database_images} database images, {r.queries} queries "
+             f"({r.queries_without_match} without a true match, left out); correct within {r.threshold}.", "",
+             "| stage | " + " | ".join(f"R@{n}" for n in ns) + " | ms / query |",
+             "|---|" + "---|" * (len(ns) + 1)]
+    for stage, rec in r.recall.items():
+        ms = sum(v for v in r.stage_ms[stage].values() if np.isfinite(v))
+        lines.append(f"| {stage} | " + " | ".join(f"{rec[n]:.1f}" for n in ns) + f" | {ms:.3f} |")
+    lines += ["", f"Extraction: {r.extraction_images_per_s:.1f} images/s. Bytes per map entry: "
+              + ", ".join(f"{k} {v}" for k, v in r.bytes_per_entry.items())
+              + f" (total {sum(r.bytes_per_entry.values())}).", ""]
+    for key, title in (("recall", "Recall@N per stage"), ("latency", "Latency against map size"),
+                       ("top5", f"Top 5 for query {r.example_query} (green: correct)"),
+                       ("local_matches", "Mutual nearest neighbours, query vs best match")):
+        if key in r.figures:
+            lines += [f"## {title}", "", f"![{title}]({r.figures[key]})", ""]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Offline work on recorded data: maps from bags and replays."""

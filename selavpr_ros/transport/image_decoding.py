@@ -1,0 +1,179 @@
+"""Decode ``sensor_msgs/Image`` and ``CompressedImage`` to RGB without cv_bridge.
+
+Accepts anything with the message's fields (rclpy messages, rosbags
+dataclasses, CycloneDDS samples). Raw encodings: rgb8, bgr8, rgba8, bgra8,
+rgb16, bgr16, rgba16, bgra16, mono8, mono16, 8UC1, 8UC3 (as bgr8, OpenCV's
+order), 8UC4 (as bgra8), bayer_{rggb,bggr,gbrg,grbg}{8,16} (demosaiced by
+2x2 binning to half resolution), yuv422 / uyvy and yuv422_yuy2 / yuyv (BT.601).
+Depth images (16UC1, 32FC1) and unknown encodings are refused with the reason.
+Row padding (``step``) and ``is_bigendian`` are honoured; short or malformed
+payloads raise :class:`~selavpr_ros.errors.ImageError`, never anything else.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from selavpr_ros.errors import ImageError
+
+# encoding -> (channels, bytes per channel, channel order)
+_RAW = {
+    "rgb8": (3, 1, "rgb"),
+    "bgr8": (3, 1, "bgr"),
+    "rgba8": (4, 1, "rgba"),
+    "bgra8": (4, 1, "bgra"),
+    "rgb16": (3, 2, "rgb"),
+    "bgr16": (3, 2, "bgr"),
+    "rgba16": (4, 2, "rgba"),
+    "bgra16": (4, 2, "bgra"),
+    "mono8": (1, 1, "mono"),
+    "mono16": (1, 2, "mono"),
+    "8uc1": (1, 1, "mono"),
+    "8uc3": (3, 1, "bgr"),
+    "8uc4": (4, 1, "bgra"),
+}
+_BAYER = {"rggb": ((0, 0), (1, 1)), "bggr": ((1, 1), (0, 0)), "gbrg": ((1, 0), (0, 1)), "grbg": ((0, 1), (1, 0))}
+_YUV = {"yuv422": "uyvy", "uyvy": "uyvy", "yuv422_yuy2": "yuyv", "yuyv": "yuyv"}
+_DEPTH = {"16uc1", "32fc1", "16sc1", "32sc1", "64fc1"}
+
+SUPPORTED_ENCODINGS = sorted(list(_RAW) + [f"bayer_{p}{b}" for p in _BAYER for b in (8, 16)] + list(_YUV))
+
+
+def _bytes(data) -> bytes | memoryview:
+    if isinstance(data, np.ndarray):
+        return data.tobytes()
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return data
+    return bytes(data)  # lists from rclpy or DDS sequences
+
+
+def _plane(msg, channels: int, depth: int) -> np.ndarray:
+    """(H, W, C) array of the payload, honouring step and endianness."""
+    h, w = int(msg.height), int(msg.width)
+    if h <= 0 or w <= 0:
+        raise ImageError(f"image has zero size ({h}x{w})")
+    row = w * channels * depth
+    step = int(msg.step)
+    if step < row:
+        raise ImageError(f"step {step} is smaller than width x pixel size ({w} x {channels * depth} = {row} bytes)")
+    data = _bytes(msg.data)
+    if len(data) < step * h:
+        raise ImageError(f"data has {len(data)} bytes, expected step x height = {step} x {h} = {step * h}")
+    buf = np.frombuffer(data, np.uint8, count=step * h).reshape(h, step)[:, :row]
+    if depth == 1:
+        return buf.reshape(h, w, channels)
+    dtype = np.dtype(">u2" if msg.is_bigendian else "<u2")
+    return np.ascontiguousarray(buf).view(dtype).reshape(h, w, channels)
+
+
+def _to8(x: np.ndarray) -> np.ndarray:
+    return (x >> 8).astype(np.uint8) if x.dtype.itemsize == 2 else x.astype(np.uint8)
+
+
+def _bayer(msg, pattern: str, depth: int) -> np.ndarray:
+    raw = _plane(msg, 1, depth)[:, :, 0]
+    h, w = raw.shape
+    if h < 2 or w < 2:
+        raise ImageError(f"bayer image {h}x{w} is smaller than one 2x2 cell")
+    cells = raw[: h // 2 * 2, : w // 2 * 2].astype(np.float32)
+    (ry, rx), (by, bx) = _BAYER[pattern]
+    r = cells[ry::2, rx::2]
+    b = cells[by::2, bx::2]
+    g = (cells[ry::2, 1 - rx :: 2] + cells[1 - ry :: 2, rx::2]) / 2
+    rgb = np.stack([r, g, b], axis=-1)
+    if depth == 2:
+        rgb /= 256.0
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def _yuv422(msg, order: str) -> np.ndarray:
+    packed = _plane(msg, 2, 1)  # two bytes per pixel
+    h, w = packed.shape[:2]
+    if w % 2:
+        raise ImageError(f"yuv422 needs an even width, got {w}")
+    quad = packed.reshape(h, w // 2, 4).astype(np.float32)
+    if order == "uyvy":
+        u, y0, v, y1 = quad[..., 0], quad[..., 1], quad[..., 2], quad[..., 3]
+    else:
+        y0, u, y1, v = quad[..., 0], quad[..., 1], quad[..., 2], quad[..., 3]
+    y = np.stack([y0, y1], axis=-1).reshape(h, w)
+    u = np.repeat(u, 2, axis=1) - 128.0
+    v = np.repeat(v, 2, axis=1) - 128.0
+    rgb = np.stack([y + 1.402 * v, y - 0.344136 * u - 0.714136 * v, y + 1.772 * u], axis=-1)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def decode_image(msg) -> np.ndarray:
+    """``sensor_msgs/Image`` -> (H, W, 3) uint8 RGB."""
+    encoding = str(msg.encoding).strip().lower()
+    if encoding in _DEPTH:
+        raise ImageError(
+            f"encoding {msg.encoding!r} is a depth image, not a camera image; subscribe to the colour or mono topic"
+        )
+    if encoding in _RAW:
+        channels, depth, order = _RAW[encoding]
+        img = _to8(_plane(msg, channels, depth))
+        if order == "mono":
+            return np.repeat(img, 3, axis=2)
+        if order.startswith("bgr"):
+            img = img[:, :, [2, 1, 0]]
+        return np.ascontiguousarray(img[:, :, :3])
+    if encoding.startswith("bayer_") and encoding[6:10] in _BAYER and encoding[10:] in ("8", "16"):
+        return _bayer(msg, encoding[6:10], 1 if encoding[10:] == "8" else 2)
+    if encoding in _YUV:
+        return _yuv422(msg, _YUV[encoding])
+    raise ImageError(f"unknown image encoding {msg.encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
+
+
+def decode_compressed(msg) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (jpeg, png) -> (H, W, 3) uint8 RGB."""
+    fmt = str(msg.format).lower()
+    if "compresseddepth" in fmt:
+        raise ImageError(f"format {msg.format!r} is a compressed depth image, not a camera image")
+    data = _bytes(msg.data)
+    if len(data) == 0:
+        raise ImageError("compressed image has no data")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format not in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
+                raise ImageError(f"unsupported compressed format {im.format} (declared {msg.format!r})")
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I"):
+                arr = np.asarray(im, dtype=np.uint32) >> 8
+                return np.repeat(arr.astype(np.uint8)[:, :, None], 3, axis=2)
+            return np.asarray(im.convert("RGB"))
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"cannot decode compressed image (declared {msg.format!r}): {exc}") from None
+
+
+def decode_any(msg) -> np.ndarray:
+    """Decode either message type (told apart by their fields)."""
+    return decode_compressed(msg) if hasattr(msg, "format") else decode_image(msg)
+
+
+def encode_image(rgb: np.ndarray, encoding: str = "rgb8") -> dict:
+    """Fields of a ``sensor_msgs/Image`` holding ``rgb`` (for bags, tests and the demo)."""
+    rgb = np.asarray(rgb, np.uint8)
+    if encoding == "rgb8":
+        data = rgb
+    elif encoding == "bgr8":
+        data = rgb[:, :, ::-1]
+    elif encoding == "mono8":
+        data = rgb.mean(axis=2).round().astype(np.uint8)[:, :, None]
+    else:
+        raise ImageError(f"encode_image supports rgb8, bgr8 and mono8, not {encoding!r}")
+    data = np.ascontiguousarray(data)
+    h, w, c = data.shape
+    return {"height": h, "width": w, "encoding": encoding, "is_bigendian": 0, "step": w * c, "data": data.reshape(-1)}
+
+
+def encode_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> dict:
+    """Fields of a ``sensor_msgs/CompressedImage`` holding ``rgb`` as JPEG or PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(rgb, np.uint8)).save(buf, format="JPEG" if fmt == "jpeg" else "PNG", quality=quality)
+    return {"format": fmt, "data": np.frombuffer(buf.getvalue(), np.uint8)}

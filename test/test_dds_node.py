@@ -1,0 +1,134 @@
+"""`selavpr-ros node` over real CycloneDDS traffic on loopback, with the ROS 2 wire conventions."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("cyclonedds")
+
+from cyclonedds.domain import DomainParticipant  # noqa: E402
+from cyclonedds.pub import DataWriter  # noqa: E402
+from cyclonedds.sub import DataReader  # noqa: E402
+from cyclonedds.topic import Topic  # noqa: E402
+
+from selavpr_ros.transport.dds_node import reliable_qos, sensor_qos  # noqa: E402
+from selavpr_ros.transport.image_decoding import encode_compressed, encode_image  # noqa: E402
+from selavpr_ros.transport.msgtypes import dds_type, message, to_dds  # noqa: E402
+
+CANDIDATES = "selavpr_ros/msg/LoopClosureCandidateArray"
+
+
+def _images(nordland: Path, season: str, start: int, n: int) -> list[np.ndarray]:
+    names = sorted((nordland / season).iterdir())[start : start + 5 * n : 5]
+    return [np.asarray(Image.open(p).convert("RGB")) for p in names]
+
+
+def _start_node(tmp_path: Path, domain: int, *params: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "selavpr_ros", "node", "--domain-id", str(domain), "--namespace", "robot1",
+           "-p", f"map_path:={tmp_path / 'map'}", "-p", "device:=cpu", "-p", "loop_closure.consistency.n:=1",
+           "-p", "loop_closure.keyframe.min_interval_s:=0.0", "-p", "loop_closure.exclusion.recent_s:=5.0",
+           "-p", "diagnostics_period_s:=0.2", *[a for p in params for a in ("-p", p)]]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _wait_matched(entity, what: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"node exited early: {proc.stderr.read()[-2000:]}")
+        matched = (entity.get_matched_subscriptions() if isinstance(entity, DataWriter)
+                   else entity.get_matched_publications())
+        if matched:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} never matched the node")
+
+
+def _stop(proc: subprocess.Popen) -> dict:
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_node_over_dds_publishes_candidates(tmp_path, nordland, compressed):
+    domain = random.randint(1, 200)
+    proc = _start_node(tmp_path, domain, f"compressed:={'true' if compressed else 'false'}",
+                       "image_topic:=camera/image" + ("/compressed" if compressed else ""))
+    dp = DomainParticipant(domain)
+    msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
+    topic = "rt/robot1/camera/image" + ("/compressed" if compressed else "")
+    writer = DataWriter(dp, Topic(dp, topic, dds_type(msgtype)), reliable_qos(50))
+    reader = DataReader(dp, Topic(dp, "rt/robot1/loop_closures", dds_type(CANDIDATES)), reliable_qos(200))
+    diag = DataReader(dp, Topic(dp, "rt/diagnostics", dds_type("diagnostic_msgs/msg/DiagnosticArray")),
+                      reliable_qos(50))
+    try:
+        _wait_matched(writer, "image writer", proc)
+        _wait_matched(reader, "candidate reader", proc)
+        route = _images(nordland, "summer", 2600, 12) + _images(nordland, "winter", 2600, 12)
+        stamps = []
+        for i, rgb in enumerate(route):
+            t = (i if i < 12 else 1000 + i) * 10**9
+            fields = encode_compressed(rgb) if compressed else encode_image(rgb, "bgr8")
+            header = {"stamp": {"sec": t // 10**9, "nanosec": 0}, "frame_id": "cam_optical"}
+            writer.write(to_dds(message(msgtype, header=header, **fields), msgtype))
+            stamps.append(t)
+            time.sleep(0.25)  # slower than inference: every frame is processed
+        bad = message(msgtype, header={"frame_id": "cam_optical"},
+                      **({"format": "jpeg", "data": np.frombuffer(b"\xff\xd8garbage", np.uint8)} if compressed else
+                         {"height": 32, "width": 64, "encoding": "rgb8", "step": 192, "data": np.zeros(7, np.uint8)}))
+        writer.write(to_dds(bad, msgtype))
+        got = []
+        deadline = time.monotonic() + 30
+        while len(got) < len(route) and time.monotonic() < deadline:
+            got += reader.take(N=100)
+            time.sleep(0.05)
+        time.sleep(0.6)
+        diagnostics = diag.take(N=100)
+    finally:
+        stats = _stop(proc)
+    assert len(got) == len(route)
+    assert [g.header.stamp.sec * 10**9 for g in got] == stamps
+    assert all(g.header.frame_id == "cam_optical" for g in got)
+    winter = got[12:]
+    assert all(len(g.candidates) == 3 for g in winter)
+    assert all(c.match_session == "live" and c.rank == i + 1 for g in winter for i, c in enumerate(g.candidates))
+    hits = sum(abs(g.candidates[0].match_keyframe_id - i) <= 1 for i, g in enumerate(winter))
+    assert hits >= 3
+    assert stats["bad_frames"] == 1 and stats["processed"] == len(route) and stats["map_size"] == len(route)
+    assert diagnostics and diagnostics[-1].status[0].name == "vpr_node"
+    keys = {kv.key for kv in diagnostics[-1].status[0].values}
+    assert {"latency_p50_ms", "dropped", "bad_frames", "map_size"} <= keys
+
+
+def test_node_drops_frames_when_the_stream_outpaces_inference(tmp_path, nordland):
+    domain = random.randint(201, 230)
+    proc = _start_node(tmp_path, domain, "image_topic:=/cam")
+    dp = DomainParticipant(domain)
+    writer = DataWriter(dp, Topic(dp, "rt/cam", dds_type("sensor_msgs/msg/Image")), sensor_qos())
+    try:
+        _wait_matched(writer, "image writer", proc)
+        imgs = _images(nordland, "summer", 100, 20)
+        for i in range(600):  # 600 frames as fast as DDS takes them
+            msg = message("sensor_msgs/msg/Image", header={"stamp": {"sec": i}, "frame_id": "c"},
+                          **encode_image(imgs[i % 20]))
+            writer.write(to_dds(msg, "sensor_msgs/msg/Image"))
+        time.sleep(2.0)
+    finally:
+        stats = _stop(proc)
+    assert stats["dropped"] > 0 and stats["processed"] < stats["received"]
+    assert stats["received"] == stats["processed"] + stats["dropped"] + stats["bad_frames"]
+    assert stats["latency_p95_ms"] < 2000  # answers stay fresh: no backlog builds up

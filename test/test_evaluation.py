@@ -1,0 +1,159 @@
+"""`selavpr-ros eval` on real Nordland frames: layouts, ground truth cache, stages, report and pictures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from selavpr_ros.cli import main
+from selavpr_ros.datasets.base import DatasetError
+from selavpr_ros.evaluation.evaluate import detect_layout, load_eval_set, parse_threshold
+from selavpr_ros.evaluation.plots import grid_to_pixels, plot_local_matches, plot_top_matches
+
+
+@pytest.fixture
+def subset(tmp_path, nordland) -> Path:
+    """Every 4th frame of the held-out 30 % of the route, both seasons (269 places)."""
+    names = sorted(p.name for p in (nordland / "summer").iterdir())[2503::4]
+    for season in ("summer", "winter"):
+        (tmp_path / "nl" / season).mkdir(parents=True)
+        for n in names:
+            shutil.copy(nordland / season / n, tmp_path / "nl" / season / n)
+    return tmp_path / "nl"
+
+
+def test_layouts_are_detected_or_named(tmp_path, subset):
+    assert detect_layout(subset) == "sequence"
+    utm = tmp_path / "utm" / "images" / "test"
+    for part in ("database", "queries"):
+        (utm / part).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(utm / part / "@500000@4000000@.jpg")
+    assert detect_layout(tmp_path / "utm") == "utm"
+    pre = tmp_path / "pre"
+    pre.mkdir()
+    for kind in ("dbImages", "qImages", "gt"):
+        np.save(pre / f"val_{kind}.npy", np.array([[0]] if kind == "gt" else ["a.jpg"]))
+    assert detect_layout(pre) == "precomputed"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="not a dataset layout.*utm.*sequence.*precomputed.*map"):
+        detect_layout(tmp_path / "empty")
+    assert parse_threshold("25m") == ("m", 25.0) and parse_threshold("2frames") == ("frames", 2.0)
+    with pytest.raises(DatasetError, match="write it as e.g. 25m or 2frames"):
+        parse_threshold("close")
+    with pytest.raises(DatasetError, match="does not fit the sequence layout"):
+        load_eval_set(subset, threshold="25m", cache_dir=tmp_path / "gt")
+
+
+def test_ground_truth_is_cached(tmp_path, subset):
+    first = load_eval_set(subset, threshold="1frames", cache_dir=tmp_path / "gt")
+    files = list((tmp_path / "gt").glob("*.json"))
+    assert len(files) == 1
+    again = load_eval_set(subset, threshold="1frames", cache_dir=tmp_path / "gt")
+    assert [p.tolist() for p in again.positives] == [p.tolist() for p in first.positives]
+    assert first.positives[5].tolist() == [4, 5, 6]
+    load_eval_set(subset, threshold="2frames", cache_dir=tmp_path / "gt")
+    assert len(list((tmp_path / "gt").glob("*.json"))) == 2  # another threshold, another entry
+
+
+def test_eval_cli_report_on_nordland(tmp_path, subset, monkeypatch, capsys):
+    monkeypatch.setenv("SELAVPR_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "report"
+    assert main(["eval", "--dataset", str(subset), "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["queries"] == report["database_images"] == 269
+    binary, full = report["recall"]["binary"], report["recall"]["+ float re-rank"]
+    assert full["1"] >= 20.0 and full["5"] >= 35.0  # the built-in model on frames it never saw
+    assert full["20"] >= full["5"] >= full["1"] and binary["20"] >= binary["1"]
+    assert report["bytes_per_entry"]["codes"] == 64 and report["extraction_images_per_s"] > 0
+    assert {r["map_size"] for r in report["latency_vs_map_size"]} == {67, 134, 269}
+    md = (out / "report.md").read_text()
+    assert "| + float re-rank |" in md and "![" in md
+    for png in ("recall.png", "latency.png", "top5.png"):
+        with Image.open(out / png) as im:
+            assert im.size[0] > 100 and np.asarray(im.convert("L")).std() > 5
+    assert "R@1" in capsys.readouterr().out
+
+
+def test_local_stage_with_a_selavpr_model(tmp_path, subset):
+    from conftest import tiny_config
+
+    from selavpr_ros.models.checkpoint import save_checkpoint
+    from selavpr_ros.models.vpr import build_model
+
+    model = build_model(tiny_config("selavpr", height=28, width=56, selavpr={"local_hidden": 32, "local_dim": 16}))
+    save_checkpoint(model, tmp_path / "sela.ckpt")
+    out = tmp_path / "report"
+    assert main(["eval", "--dataset", str(subset), "--checkpoint", str(tmp_path / "sela.ckpt"), "--stages",
+                 "binary,float,local", "--out", str(out), "--quiet", "--device", "cpu", "--max-queries", "40",
+                 "--local-k", "5"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["recall"]) == {"binary", "+ float re-rank", "+ local re-rank"}
+    assert "local" in report["stage_ms"]["+ local re-rank"] and report["queries"] == 40
+    assert (out / "local_matches.png").is_file()
+
+
+def test_eval_bad_inputs(tmp_path, subset):
+    assert main(["eval", "--dataset", str(tmp_path / "nowhere"), "--quiet"]) == 1
+    utm = tmp_path / "utm" / "images" / "test"
+    for part, east in (("database", 500000), ("queries", 510000)):  # 10 km apart: nothing matches
+        (utm / part).mkdir(parents=True)
+        Image.new("RGB", (112, 56), (90, 90, 90)).save(utm / part / f"@{east}@4000000@.jpg")
+    with pytest.raises(DatasetError, match="no query has a ground-truth match within 25 m"):
+        from selavpr_ros.evaluation.evaluate import evaluate
+        from selavpr_ros.inference.extractor import open_extractor
+        from selavpr_ros.models.zoo import builtin_checkpoint
+
+        ev = load_eval_set(tmp_path / "utm", cache_dir=tmp_path / "gt")
+        evaluate(open_extractor(builtin_checkpoint(), device="cpu"), ev, ["binary"], progress=False)
+    from conftest import tiny_config
+
+    from selavpr_ros.models.checkpoint import save_checkpoint
+    from selavpr_ros.models.vpr import build_model
+
+    save_checkpoint(build_model(tiny_config("dinov2-gem", height=224, width=448)), tmp_path / "big.ckpt")
+    with pytest.raises(DatasetError, match="7.0x upscaling"):
+        from selavpr_ros.evaluation.evaluate import check_input_size
+        from selavpr_ros.inference.extractor import open_extractor
+
+        check_input_size(load_eval_set(subset, cache_dir=tmp_path / "gt"), open_extractor(tmp_path / "big.ckpt"))
+
+
+def test_plot_helpers(tmp_path, nordland):
+    assert grid_to_pixels(np.array([0, 7]), (2, 4), (20, 40)).tolist() == [[5.0, 5.0], [35.0, 15.0]]
+    frames = sorted((nordland / "summer").iterdir())[:3]
+    path = plot_top_matches(frames[0], frames[1:], [True, False], tmp_path / "t.png", scores=[0.9, 0.5])
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    green = (rgb[..., 1] > 120) & (rgb[..., 0] < 60) & (rgb[..., 2] < 100)
+    red = (rgb[..., 0] > 180) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)
+    cols_g, cols_r = np.flatnonzero(green.any(0)), np.flatnonzero(red.any(0))
+    assert len(cols_g) > 20 and len(cols_r) > 20 and cols_g.mean() < cols_r.mean()  # #1 green, #2 red
+    with pytest.raises(ValueError, match="2 candidates, 1 labels"):
+        plot_top_matches(frames[0], frames[1:], [True], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="one size"):
+        plot_local_matches(frames[0], frames[1], np.zeros((3, 2)), np.zeros((2, 2)), tmp_path / "m.png")
+    p = plot_local_matches(frames[0], frames[1], np.array([[5.0, 5.0]]), np.array([[30.0, 10.0]]), tmp_path / "m.png")
+    assert Image.open(p).size[0] > 64
+
+
+def test_precomputed_layout_from_npy_lists(tmp_path, subset):
+    """GSV-Cities-style validation set: image lists and ground truth in .npy files, paths relative to the root."""
+    from selavpr_ros.evaluation.evaluate import evaluate
+    from selavpr_ros.inference.extractor import open_extractor
+    from selavpr_ros.models.zoo import builtin_checkpoint
+
+    names = sorted(p.name for p in (subset / "summer").iterdir())[:60]
+    np.save(subset / "nl_val_dbImages.npy", np.array([f"summer/{n}" for n in names]))
+    np.save(subset / "nl_val_qImages.npy", np.array([f"winter/{n}" for n in names]))
+    gt = np.empty(len(names), dtype=object)
+    gt[:] = [np.arange(max(0, i - 1), min(len(names), i + 2)) for i in range(len(names))]
+    np.save(subset / "nl_val_gt.npy", gt, allow_pickle=True)
+    ev = load_eval_set(subset, cache_dir=tmp_path / "gt")
+    assert ev.name == "nl_val" and len(ev.queries) == 60 and ev.positives[0].tolist() == [0, 1]
+    report, _ = evaluate(open_extractor(builtin_checkpoint(), device="cpu"), ev, ["binary", "float"],
+                         progress=False)
+    assert report.recall["+ float re-rank"][5] > 30.0

@@ -1,0 +1,94 @@
+"""The offline tools on real bags: build-map with poses (resumable), replay, and their command lines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from selavpr_ros.bags.reader import BagError, open_bags
+from selavpr_ros.bags.writer import write_image_bag, write_topics
+from selavpr_ros.mapdb.records import Pose
+from selavpr_ros.transport.msgtypes import message
+
+T0 = 1_700_000_000 * 10**9
+
+
+def _frames(nordland, season: str = "summer", start: int = 0, n: int = 8) -> list[np.ndarray]:
+    names = sorted((nordland / season).iterdir())[start : start + n]
+    return [np.asarray(Image.open(p).convert("RGB")) for p in names]
+
+
+def test_build_map_with_poses_resumes_and_replays(tmp_path, nordland):
+    from selavpr_ros.inference.extractor import open_extractor
+    from selavpr_ros.loop_closure.config import KeyframeGateConfig
+    from selavpr_ros.mapdb.database import MapDatabase
+    from selavpr_ros.models.zoo import builtin_checkpoint
+    from selavpr_ros.offline.build_map import build_map
+    from selavpr_ros.transport.image_decoding import encode_image
+
+    imgs = _frames(nordland, "summer", 2700, 30)
+    stamps = [T0 + i * 10**8 for i in range(30)]
+    poses = [Pose((1.5 * i, 0.0, 0.0)) for i in range(30)]
+    bag = write_image_bag(tmp_path / "summer", imgs, stamps, poses=poses)
+    ex = open_extractor(builtin_checkpoint(), device="cpu")
+    gate = KeyframeGateConfig(min_interval_s=0.0, min_translation_m=2.9)
+    # a first build that stops early (simulated by a bag holding only the first 12 frames, same session)
+    first = write_image_bag(tmp_path / "first", imgs[:12], stamps[:12], poses=poses[:12])
+    r0 = build_map([first], "/camera/image_raw", tmp_path / "map", ex, pose_topic="/odom", sessions=["run1"],
+                   gate=gate, progress=False)[0]
+    assert r0.added == 6  # every second frame: 1.5 m apart, keyframes need 2.9 m
+    r1 = build_map([bag], "/camera/image_raw", tmp_path / "map", ex, pose_topic="/odom", sessions=["run1"],
+                   gate=gate, save_images=True, progress=False)[0]
+    assert r1.already_in_map == 11 and r1.added == 9 and r1.without_pose == 0
+    with MapDatabase.open(tmp_path / "map") as db:
+        assert db.count == 15 and db.sessions() == {"run1": 15}
+        recs = list(db.iterate())
+        assert [r.pose.position[0] for r in recs] == pytest.approx([3.0 * i for i in range(15)])
+        assert recs[-1].image_ref.startswith("images/run1/") and (tmp_path / "map" / recs[-1].image_ref).is_file()
+    # a pose topic that does not overlap the images
+    late = [(T0 + 10**12 + i, message("nav_msgs/msg/Odometry", header={"stamp": {"sec": (T0 + 10**12) // 10**9}}))
+            for i in range(2)]
+    frames = [(t, message("sensor_msgs/msg/Image", header={"stamp": {"sec": t // 10**9}}, **encode_image(im)))
+              for t, im in zip(stamps[:3], imgs[:3])]
+    bad = write_topics(tmp_path / "late", [("/camera/image_raw", "sensor_msgs/msg/Image", frames),
+                                           ("/odom", "nav_msgs/msg/Odometry", late)])
+    with pytest.raises(BagError, match="does not overlap the images"):
+        build_map([bad], "/camera/image_raw", tmp_path / "map2", ex, pose_topic="/odom", progress=False)
+    with pytest.raises(BagError, match="no pose topic '/gps'"):
+        build_map([bad], "/camera/image_raw", tmp_path / "map2", ex, pose_topic="/gps", progress=False)
+
+
+def test_cli_build_map_and_replay(tmp_path, nordland):
+    import json
+    import subprocess
+    import sys
+
+    summer = write_image_bag(tmp_path / "summer", _frames(nordland, "summer", 2700, 20),
+                             [T0 + i * 10**9 for i in range(20)])
+    winter = write_image_bag(tmp_path / "winter", _frames(nordland, "winter", 2700, 20),
+                             [T0 + 10**12 + i * 10**9 for i in range(20)], storage="mcap", compressed=True)
+    run = [sys.executable, "-m", "selavpr_ros"]
+    p = subprocess.run([*run, "build-map", str(summer), "--image-topic", "/camera/image_raw", "--out",
+                        str(tmp_path / "map"), "--quiet", "--device", "cpu"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "summer: 20 images, 20 keyframes added" in p.stdout
+    p = subprocess.run([*run, "replay", str(winter), "--map", str(tmp_path / "map"), "--image-topic",
+                        "/camera/image_raw", "--out", str(tmp_path / "out"), "--quiet", "--device", "cpu",
+                        "-p", "loop_closure.consistency.n:=1"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["queries"] == 20
+    rows = (tmp_path / "out" / "candidates.csv").read_text().splitlines()
+    assert len(rows) == 1 + 20 * 3
+    with open_bags([tmp_path / "out" / "candidates_bag"]) as reader:
+        conns = [c for c in reader.connections if c.topic == "/loop_closures"]
+        msgs = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages(connections=conns)]
+    assert len(msgs) == 20 and msgs[0].candidates[0].rank == 1
+    # errors: a bag without the topic, a missing map
+    p = subprocess.run([*run, "build-map", str(summer), "--image-topic", "/cam", "--out", str(tmp_path / "m2"),
+                        "--quiet"], capture_output=True, text=True)
+    assert p.returncode != 0 and "no topic '/cam'" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run([*run, "replay", str(winter), "--map", str(tmp_path / "nomap"), "--image-topic",
+                        "/camera/image_raw", "--quiet"], capture_output=True, text=True)
+    assert p.returncode != 0 and "map not found" in p.stderr and "Traceback" not in p.stderr
