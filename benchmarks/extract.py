@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from _common import DESIGN_PEAK_GFLOPS, measure_peak_gflops, median_ms, save, table
 
-from selavpr_ros.inference.extractor import TorchExtractor
 from selavpr_ros.inference.onnx_backend import OnnxExtractor, compare_with_torch, export_onnx
+from selavpr_ros.inference.torch_backend import TorchExtractor
 from selavpr_ros.models.config import ModelConfig
 from selavpr_ros.models.summary import estimate_macs
 from selavpr_ros.models.vpr import build_model

@@ -69,7 +69,7 @@ def main() -> None:
     from cyclonedds.pub import DataWriter
     from cyclonedds.topic import Topic
 
-    from selavpr_ros.transport.dds_node import sensor_qos
+    from selavpr_ros.node.dds_node import sensor_qos
     from selavpr_ros.transport.image_decoding import encode_image
     from selavpr_ros.transport.msgtypes import dds_type, message, to_dds
 

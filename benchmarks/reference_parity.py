@@ -28,7 +28,8 @@ from _common import save
 
 from selavpr_ros.models.adapters import DynamicPowerNorm
 from selavpr_ros.models.heads import CentroidFreeProbing
-from selavpr_ros.models.importers import import_selavpr, import_selavprpp
+from selavpr_ros.models.methods.selavpr import import_selavpr
+from selavpr_ros.models.methods.selavprpp import import_selavprpp
 
 
 def _import_from(repo: Path, module: str):

@@ -33,13 +33,13 @@ import faiss
 import numpy as np
 from _common import DESIGN_MEM_GBPS, measure_memory_gbps, median_ms, save, table
 
-from selavpr_ros.inference.extractor import Descriptors
 from selavpr_ros.mapdb.database import MapDatabase
-from selavpr_ros.mapdb.records import KeyframeRecord, StorageConfig
-from selavpr_ros.models.config import DescriptorLayout
+from selavpr_ros.mapdb.records import StorageConfig
+from selavpr_ros.retrieval.config import RetrievalConfig
 from selavpr_ros.retrieval.hamming import HammingIndex
 from selavpr_ros.retrieval.local_matching import dense_mutual_nn_counts
-from selavpr_ros.retrieval.retriever import RetrievalConfig, Retriever
+from selavpr_ros.retrieval.retriever import Retriever
+from selavpr_ros.types import DescriptorLayout, Descriptors, KeyframeRecord
 
 DIM, BITS, VIEWS = 1024, 512, 10
 PROJ = np.random.default_rng(42).standard_normal((DIM, BITS)).astype(np.float32)

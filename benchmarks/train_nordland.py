@@ -22,7 +22,8 @@ from _common import ROOT, save, table
 
 from selavpr_ros.datasets.sequence import load_sequence_eval
 from selavpr_ros.evaluation.baselines import descriptor_recall, pixel_recall
-from selavpr_ros.inference.extractor import TorchExtractor, open_extractor
+from selavpr_ros.inference.loader import open_extractor
+from selavpr_ros.inference.torch_backend import TorchExtractor
 from selavpr_ros.models.weights import create_model
 from selavpr_ros.training.config import load_train_config
 from selavpr_ros.training.trainer import Trainer

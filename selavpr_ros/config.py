@@ -111,7 +111,20 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and bad values raise :class:`ConfigError`."""
+    """Build dataclass ``cls`` from ``data``; unknown keys and bad values raise :class:`ConfigError`.
+
+    A class whose plain form is not simply its fields (e.g. a model config whose
+    method section is chosen by another key) defines ``__config_from_dict__``
+    (``(data, path) -> instance``); it is used here and for nested fields alike.
+    """
+    custom = getattr(cls, "__config_from_dict__", None)
+    if custom is not None:
+        return custom({} if data is None else data, path)
+    return fields_from_dict(cls, data, path)
+
+
+def fields_from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
+    """:func:`from_dict` on the dataclass fields alone (what ``__config_from_dict__`` builds on)."""
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")

@@ -1,4 +1,8 @@
-"""Exceptions with messages meant for the user: each names the file or value at fault."""
+"""The package's exceptions, in one hierarchy: each message names the file or value at fault.
+
+Everything raised for the user derives from :class:`SelaVPRError`; the command
+line prints those without a traceback and exits with ``exit_code``.
+"""
 
 from __future__ import annotations
 
@@ -21,3 +25,27 @@ class CheckpointError(SelaVPRError):
 
 class ImageError(SelaVPRError, ValueError):
     """An image cannot be decoded or has an unsupported shape or encoding."""
+
+
+class MapError(SelaVPRError):
+    """The map is missing, damaged, locked, or does not fit the request; says whether anything was lost."""
+
+
+class DiskFullError(MapError):
+    """A write ran out of space; nothing of the failed add was committed."""
+
+
+class LayoutMismatchError(MapError):
+    """Descriptors or a model do not have the map's descriptor layout."""
+
+
+class MapLockedError(MapError):
+    """Another process holds the map open for writing."""
+
+
+class BagError(SelaVPRError):
+    """A bag is missing, unreadable, or lacks what was asked of it."""
+
+
+class DatasetError(SelaVPRError):
+    """A dataset folder or file is missing, malformed or empty; the message names it."""

@@ -14,8 +14,8 @@ import sys
 import numpy as np
 from _map_writer import LAYOUT, rows
 
+from selavpr_ros.errors import DiskFullError
 from selavpr_ros.mapdb.database import MapDatabase
-from selavpr_ros.mapdb.errors import DiskFullError
 from selavpr_ros.mapdb.maintenance import check_map, repair_map
 
 

@@ -10,11 +10,9 @@ import sys
 
 import numpy as np
 
-from selavpr_ros.inference.extractor import Descriptors
+from selavpr_ros.errors import MapError
 from selavpr_ros.mapdb.database import MapDatabase
-from selavpr_ros.mapdb.errors import MapError
-from selavpr_ros.mapdb.records import KeyframeRecord, Pose
-from selavpr_ros.models.config import DescriptorLayout
+from selavpr_ros.types import DescriptorLayout, Descriptors, KeyframeRecord, Pose
 
 LAYOUT = DescriptorLayout(512, 64, 8, (5, 7))
 

@@ -9,11 +9,12 @@ import pytest
 from PIL import Image
 
 from selavpr_ros.bags.poses import PoseTrack, check_overlap, load_pose_track
-from selavpr_ros.bags.reader import BagError, image_connections, iter_images, open_bags, topic_summary
+from selavpr_ros.bags.reader import image_connections, iter_images, open_bags, topic_summary
 from selavpr_ros.bags.writer import write_image_bag, write_messages, write_topics
-from selavpr_ros.mapdb.records import Pose
+from selavpr_ros.errors import BagError
 from selavpr_ros.transport.image_decoding import decode_any
 from selavpr_ros.transport.msgtypes import message, typestore
+from selavpr_ros.types import Pose
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S  # a realistic epoch stamp: large integers must survive every path exactly

@@ -58,9 +58,11 @@ def test_derived_layouts_match_the_papers():
     assert selavpr.local_grid == (61, 61)  # 16 x 16 patches at 224 px
     assert selavpr.with_input(322, 434).local_grid == (89, 121)  # the grid follows the input size
     pp_l = ModelConfig.from_dict({"method": "selavpr++", "backbone": {"arch": "vitl14"}})
-    assert (pp_l.float_dim, pp_l.side_start, pp_l.mca_channels) == (4096, 8, (512, 256, 32, 128, 32, 128))
+    pp_l_sizes = (pp_l.float_dim, pp_l.options.side_start, pp_l.options.mca_channels)
+    assert pp_l_sizes == (4096, 8, (512, 256, 32, 128, 32, 128))
     pp_b = ModelConfig.from_dict({"method": "selavpr++", "backbone": {"arch": "vitb14"}})
-    assert (pp_b.float_dim, pp_b.side_start, pp_b.mca_channels) == (2048, 0, (384, 192, 24, 96, 24, 96))
+    pp_b_sizes = (pp_b.float_dim, pp_b.options.side_start, pp_b.options.mca_channels)
+    assert pp_b_sizes == (2048, 0, (384, 192, 24, 96, 24, 96))
     assert ModelConfig.from_dict({"method": "emvp"}).float_dim == 64 * 128 + 256 == 8448
     hash_only = ModelConfig.from_dict({"method": "selavpr++", "selavprpp": {"branches": ["hash"]}})
     assert hash_only.float_dim == 512 and hash_only.learned_codes

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selavpr_ros.datasets.base import DatasetError, PlaceSet
+from selavpr_ros.datasets.base import PlaceSet
 from selavpr_ros.datasets.fov import fov_overlap, pair_bins
 from selavpr_ros.datasets.gsv_cities import COLUMNS, image_name, load_gsv_cities
 from selavpr_ros.datasets.map_data import load_map_eval, load_map_places, load_map_poses
 from selavpr_ros.datasets.sequence import load_sequence_eval, load_sequence_places
 from selavpr_ros.datasets.utm import load_utm_eval, load_utm_places, parse_utm
+from selavpr_ros.errors import DatasetError
 
 
 def _png(path, value=0):
@@ -153,7 +154,7 @@ def _posed_map(tmp_path, nordland, n=12, with_images=True):
     from _map_writer import LAYOUT, rows
 
     from selavpr_ros.mapdb.database import MapDatabase
-    from selavpr_ros.mapdb.records import KeyframeRecord, Pose
+    from selavpr_ros.types import KeyframeRecord, Pose
 
     frames = sorted((nordland / "summer").iterdir())[:n]
     records = []

@@ -22,7 +22,7 @@ from cyclonedds.pub import DataWriter  # noqa: E402
 from cyclonedds.sub import DataReader  # noqa: E402
 from cyclonedds.topic import Topic  # noqa: E402
 
-from selavpr_ros.transport.dds_node import reliable_qos, sensor_qos  # noqa: E402
+from selavpr_ros.node.dds_node import reliable_qos, sensor_qos
 from selavpr_ros.transport.image_decoding import encode_compressed, encode_image  # noqa: E402
 from selavpr_ros.transport.msgtypes import dds_type, message, to_dds  # noqa: E402
 

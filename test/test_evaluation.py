@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from selavpr_ros.cli import main
-from selavpr_ros.datasets.base import DatasetError
+from selavpr_ros.errors import DatasetError
 from selavpr_ros.evaluation.evaluate import detect_layout, load_eval_set, parse_threshold
 from selavpr_ros.evaluation.plots import grid_to_pixels, plot_local_matches, plot_top_matches
 
@@ -105,7 +105,7 @@ def test_eval_bad_inputs(tmp_path, subset):
         Image.new("RGB", (112, 56), (90, 90, 90)).save(utm / part / f"@{east}@4000000@.jpg")
     with pytest.raises(DatasetError, match="no query has a ground-truth match within 25 m"):
         from selavpr_ros.evaluation.evaluate import evaluate
-        from selavpr_ros.inference.extractor import open_extractor
+        from selavpr_ros.inference.loader import open_extractor
         from selavpr_ros.models.zoo import builtin_checkpoint
 
         ev = load_eval_set(tmp_path / "utm", cache_dir=tmp_path / "gt")
@@ -118,7 +118,7 @@ def test_eval_bad_inputs(tmp_path, subset):
     save_checkpoint(build_model(tiny_config("dinov2-gem", height=224, width=448)), tmp_path / "big.ckpt")
     with pytest.raises(DatasetError, match="7.0x upscaling"):
         from selavpr_ros.evaluation.evaluate import check_input_size
-        from selavpr_ros.inference.extractor import open_extractor
+        from selavpr_ros.inference.loader import open_extractor
 
         check_input_size(load_eval_set(subset, cache_dir=tmp_path / "gt"), open_extractor(tmp_path / "big.ckpt"))
 
@@ -143,7 +143,7 @@ def test_plot_helpers(tmp_path, nordland):
 def test_precomputed_layout_from_npy_lists(tmp_path, subset):
     """GSV-Cities-style validation set: image lists and ground truth in .npy files, paths relative to the root."""
     from selavpr_ros.evaluation.evaluate import evaluate
-    from selavpr_ros.inference.extractor import open_extractor
+    from selavpr_ros.inference.loader import open_extractor
     from selavpr_ros.models.zoo import builtin_checkpoint
 
     names = sorted(p.name for p in (subset / "summer").iterdir())[:60]

@@ -9,7 +9,8 @@ from conftest import tiny_config
 
 from selavpr_ros.errors import CheckpointError
 from selavpr_ros.models.config import ModelConfig
-from selavpr_ros.models.importers import detect_release, import_release, remap_release
+from selavpr_ros.models.importers import detect_release, import_release, remap, unwrap_state_dict
+from selavpr_ros.models.methods import selavpr, selavprpp
 from selavpr_ros.models.vpr import build_model
 from selavpr_ros.models.weights import load_dinov2_pretrain
 
@@ -98,7 +99,7 @@ def test_selavpr_release_every_key_lands(tmp_path, registers):
     model = import_release("auto", path)
     assert model.config.method == "selavpr" and model.config.backbone.registers == registers
     assert (model.config.backbone.pos_interp_offset, model.config.backbone.pos_interp_antialias) == (0.1, False)
-    mapped = remap_release("selavpr", release)
+    mapped = remap(unwrap_state_dict(release), selavpr.RULES, "release")
     assert len(mapped) == len(release["model_state_dict"])
     own = model.state_dict()
     for key, value in mapped.items():
@@ -117,9 +118,9 @@ def test_selavprpp_release_every_key_lands(tmp_path, hashing):
     path = _save(release, tmp_path / "pp.pth")
     model = import_release("selavpr++", path)
     cfg = model.config
-    assert cfg.selavprpp.branches == (["float", "hash"] if hashing else ["float"])
-    assert cfg.side_start == 1 and cfg.float_dim == 256 and cfg.preprocess.height == 322
-    mapped = remap_release("selavpr++", release)
+    assert cfg.options.branches == (["float", "hash"] if hashing else ["float"])
+    assert cfg.options.side_start == 1 and cfg.float_dim == 256 and cfg.preprocess.height == 322
+    mapped = remap(unwrap_state_dict(release), selavprpp.RULES, "release")
     own = model.state_dict()
     for key, value in mapped.items():
         torch.testing.assert_close(own[key], value, rtol=0, atol=0)
@@ -135,8 +136,8 @@ def test_real_vitb_selavprpp_base_layout(tmp_path):
     release = selavprpp_release(768, 12, hashing=True, float_dim=2048)
     model = import_release("selavpr++", _save(release, tmp_path / "SelaVPRplusplus_base_rerank.pth"))
     cfg = model.config
-    assert cfg.backbone.arch == "vitb14" and cfg.side_start == 0
-    assert cfg.mca_channels == (384, 192, 24, 96, 24, 96) and cfg.float_dim == 2048
+    assert cfg.backbone.arch == "vitb14" and cfg.options.side_start == 0
+    assert cfg.options.mca_channels == (384, 192, 24, 96, 24, 96) and cfg.float_dim == 2048
 
 
 def test_unmapped_keys_and_wrong_kind_are_refused(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from selavpr_ros.inference.extractor import Descriptors
+from selavpr_ros.errors import MapError
 from selavpr_ros.loop_closure.config import (
     ConsistencyConfig,
     ExclusionConfig,
@@ -14,10 +14,8 @@ from selavpr_ros.loop_closure.config import (
 )
 from selavpr_ros.loop_closure.engine import LoopClosureEngine, Status
 from selavpr_ros.mapdb.database import MapDatabase
-from selavpr_ros.mapdb.errors import MapError
-from selavpr_ros.mapdb.records import KeyframeRecord, Pose
-from selavpr_ros.models.config import DescriptorLayout
-from selavpr_ros.retrieval.retriever import RetrievalConfig
+from selavpr_ros.retrieval.config import RetrievalConfig
+from selavpr_ros.types import DescriptorLayout, Descriptors, KeyframeRecord, Pose
 
 DIM = 32
 RNG = np.random.default_rng(0)

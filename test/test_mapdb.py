@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 from _map_writer import LAYOUT, rows
 
-from selavpr_ros.inference.extractor import Descriptors
+from selavpr_ros.errors import LayoutMismatchError, MapError, MapLockedError
 from selavpr_ros.mapdb.database import MapDatabase
-from selavpr_ros.mapdb.errors import LayoutMismatchError, MapError, MapLockedError
 from selavpr_ros.mapdb.maintenance import check_map, repair_map
 from selavpr_ros.mapdb.records import StorageConfig, decode_local, pool_local
-from selavpr_ros.models.config import DescriptorLayout
+from selavpr_ros.types import DescriptorLayout, Descriptors
 
 WRITER = Path(__file__).with_name("_map_writer.py")
 

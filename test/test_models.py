@@ -9,8 +9,9 @@ from conftest import randomize_trainable, tiny_config
 
 from selavpr_ros.models.config import ModelConfig
 from selavpr_ros.models.heads import binarize, pack_codes
+from selavpr_ros.models.methods.selavprpp import SelaVPRPlusPlus
 from selavpr_ros.models.summary import summarize_config
-from selavpr_ros.models.vpr import SelaVPRPlusPlus, build_model
+from selavpr_ros.models.vpr import build_model
 
 METHODS = [
     ("selavpr", {}),

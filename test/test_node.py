@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selavpr_ros.errors import ConfigError
-from selavpr_ros.mapdb.errors import MapError
+from selavpr_ros.errors import ConfigError, MapError
 from selavpr_ros.node.params import PARAMS, load_params_file, loop_closure_config, validate
 from selavpr_ros.node.pipeline import Frame, VPRPipeline, candidate_array_fields
 from selavpr_ros.node.worker import LatestFrameWorker, diagnostic_status
@@ -108,7 +107,7 @@ def test_services_mode_reset_save(tmp_path, nordland):
 def test_map_of_another_model_is_refused(tmp_path, nordland):
     from conftest import tiny_config
 
-    from selavpr_ros.inference.extractor import TorchExtractor
+    from selavpr_ros.inference.torch_backend import TorchExtractor
     from selavpr_ros.models.vpr import build_model
 
     VPRPipeline(params(tmp_path)).close()

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selavpr_ros.bags.reader import BagError, open_bags
+from selavpr_ros.bags.reader import open_bags
 from selavpr_ros.bags.writer import write_image_bag, write_topics
-from selavpr_ros.mapdb.records import Pose
+from selavpr_ros.errors import BagError
 from selavpr_ros.transport.msgtypes import message
+from selavpr_ros.types import Pose
 
 T0 = 1_700_000_000 * 10**9
 
@@ -20,7 +21,7 @@ def _frames(nordland, season: str = "summer", start: int = 0, n: int = 8) -> lis
 
 
 def test_build_map_with_poses_resumes_and_replays(tmp_path, nordland):
-    from selavpr_ros.inference.extractor import open_extractor
+    from selavpr_ros.inference.loader import open_extractor
     from selavpr_ros.loop_closure.config import KeyframeGateConfig
     from selavpr_ros.mapdb.database import MapDatabase
     from selavpr_ros.models.zoo import builtin_checkpoint

@@ -12,8 +12,8 @@ import torch
 from conftest import randomize_trainable, tiny_config
 
 from selavpr_ros.errors import CheckpointError
-from selavpr_ros.inference.extractor import TorchExtractor
 from selavpr_ros.inference.onnx_backend import OnnxExtractor, compare_with_torch, export_onnx, read_metadata
+from selavpr_ros.inference.torch_backend import TorchExtractor
 from selavpr_ros.models.vpr import build_model
 
 

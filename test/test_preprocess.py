@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from selavpr_ros.errors import ImageError
-from selavpr_ros.inference.preprocess import center_crop_box, load_image, preprocess, to_rgb8
+from selavpr_ros.imaging import to_rgb8
+from selavpr_ros.inference.preprocess import center_crop_box, load_image, preprocess
 from selavpr_ros.models.config import PreprocessConfig
 
 CFG = PreprocessConfig(height=28, width=42)

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from selavpr_ros.errors import ConfigError
-from selavpr_ros.inference.extractor import Descriptors
 from selavpr_ros.mapdb.database import MapDatabase
-from selavpr_ros.mapdb.records import KeyframeRecord, StorageConfig
-from selavpr_ros.models.config import DescriptorLayout
+from selavpr_ros.mapdb.records import StorageConfig
+from selavpr_ros.retrieval.config import RetrievalConfig
 from selavpr_ros.retrieval.hamming import HammingIndex, hamming_distances
 from selavpr_ros.retrieval.local_matching import dense_mutual_nn_counts, mutual_nn_counts, mutual_nn_pairs
-from selavpr_ros.retrieval.retriever import RetrievalConfig, Retriever
+from selavpr_ros.retrieval.retriever import Retriever
+from selavpr_ros.types import DescriptorLayout, Descriptors, KeyframeRecord
 
 
 def unit(x: np.ndarray) -> np.ndarray:

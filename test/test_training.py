@@ -173,7 +173,7 @@ def test_graded_losses_on_a_posed_map(tmp_path, nordland):
 
     from selavpr_ros.datasets.map_data import load_map_poses
     from selavpr_ros.mapdb.database import MapDatabase
-    from selavpr_ros.mapdb.records import KeyframeRecord, Pose
+    from selavpr_ros.types import KeyframeRecord, Pose
 
     frames = sorted((nordland / "summer").iterdir())[:80]
     for name, start in (("map", 0), ("val", 1)):

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from selavpr_ros.bags.reader import BagError, header_stamp_ns, topic_summary
-from selavpr_ros.mapdb.records import Pose
+from selavpr_ros.bags.reader import topic_summary
+from selavpr_ros.errors import BagError
+from selavpr_ros.types import Pose, stamp_ns
 
 if TYPE_CHECKING:
     from rosbags.highlevel import AnyReader
@@ -303,7 +304,7 @@ def load_pose_track(reader: AnyReader, topic: str, base_frame: str | None = None
             continue
         o = pose.orientation
         frame = frame or str(msg.header.frame_id)
-        stamps.append(header_stamp_ns(msg) or bag_time)
+        stamps.append(stamp_ns(msg) or bag_time)
         pos.append(p)
         quat.append([float(o.x), float(o.y), float(o.z), float(o.w)])
         if covariance is not None:
@@ -324,7 +325,7 @@ def _navsat_track(topic: str, messages: _Messages) -> PoseTrack:
         if int(msg.status.status) < 0 or not (np.isfinite(lat) and np.isfinite(lon)) or abs(lat) > 90 or abs(lon) > 180:
             no_fix += 1
             continue
-        rows.append((header_stamp_ns(msg) or bag_time, lat, lon, alt))
+        rows.append((stamp_ns(msg) or bag_time, lat, lon, alt))
         covs.append(np.asarray(msg.position_covariance, np.float64).reshape(3, 3))
         cov_known &= int(msg.position_covariance_type) != 0
     if not rows:
@@ -380,7 +381,7 @@ def _read_edges(messages: _Messages) -> tuple[dict[str, _Edge], int]:
             if edge.parent != parent:
                 conflicts += 1
                 continue
-            edge.stamps.append(header_stamp_ns(tf) or bag_time)
+            edge.stamps.append(stamp_ns(tf) or bag_time)
             edge.trans.append(t)
             edge.rots.append(q)
     return edges, conflicts

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selavpr_ros.errors import SelaVPRError
+from selavpr_ros.errors import BagError, SelaVPRError
+from selavpr_ros.types import stamp_ns
 
 if TYPE_CHECKING:
     from rosbags.highlevel import AnyReader
@@ -32,10 +33,6 @@ IMAGE_TYPES = {
 }
 _ROSBAG2_FILES = (".db3", ".mcap")
 _ERRORS_KEPT = 10
-
-
-class BagError(SelaVPRError):
-    """A bag is missing, unreadable, or lacks what was asked of it."""
 
 
 @dataclass
@@ -167,12 +164,6 @@ def image_connections(reader: AnyReader, topic: str) -> list[Connection]:
     return conns
 
 
-def header_stamp_ns(msg: Any) -> int:
-    """``header.stamp`` in nanoseconds (0 when the publisher left it unset)."""
-    stamp = msg.header.stamp
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 def _source(conn: Connection, fallback: str) -> str:
     path = getattr(conn.owner, "path", None)
     return str(path) if path is not None else fallback
@@ -215,7 +206,7 @@ class ImageStream(Iterator[BagImage]):
             source = _source(conn, names)
             try:
                 msg = reader.deserialize(raw, conn.msgtype)
-                stamp = header_stamp_ns(msg)
+                stamp = stamp_ns(msg)
                 frame_id = str(msg.header.frame_id)
             except Exception as exc:  # one corrupt record must not end the bag
                 self.skipped += 1

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from selavpr_ros.bags.reader import BagError
-from selavpr_ros.mapdb.records import Pose
+from selavpr_ros.errors import BagError
+from selavpr_ros.types import Pose, header_fields
 
 STORAGES = ("sqlite3", "mcap")
 ROSBAG2_VERSION = 8  # the oldest rosbags writes (8 or 9): the widest choice of readers
@@ -27,11 +27,6 @@ COMPRESSED = "sensor_msgs/msg/CompressedImage"
 ODOMETRY = "nav_msgs/msg/Odometry"
 
 Stream = tuple[str, str, Iterable[tuple[int, Any]]]  # topic, message type, (bag time ns, message) pairs
-
-
-def _header(stamp_ns: int, frame_id: str) -> dict:
-    stamp_ns = int(stamp_ns)
-    return {"stamp": {"sec": stamp_ns // 1_000_000_000, "nanosec": stamp_ns % 1_000_000_000}, "frame_id": frame_id}
 
 
 def _project_typestore():
@@ -175,9 +170,9 @@ def _image_messages(images: Iterable[np.ndarray], stamps_ns: Sequence[int], comp
             raise BagError(f"image {count - 1}: expected (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
         if compressed:
             fields = encode_compressed(rgb, "jpeg", quality=90)
-            yield stamp, message(COMPRESSED, header=_header(stamp, frame_id), **fields)
+            yield stamp, message(COMPRESSED, header=header_fields(stamp, frame_id), **fields)
         else:
-            yield stamp, message(IMAGE, header=_header(stamp, frame_id), **encode_image(rgb, encoding))
+            yield stamp, message(IMAGE, header=header_fields(stamp, frame_id), **encode_image(rgb, encoding))
     if count != len(stamps_ns):
         raise BagError(f"{count} images for {len(stamps_ns)} stamps")
 
@@ -193,7 +188,7 @@ def _odometry_messages(poses: Sequence[Pose], stamps_ns: Sequence[int], frame_id
         }
         if pose.covariance is not None:
             fields["covariance"] = np.asarray(pose.covariance, np.float64).reshape(36)
-        yield int(stamp), message(ODOMETRY, header=_header(stamp, frame_id), child_frame_id=child_frame_id,
+        yield int(stamp), message(ODOMETRY, header=header_fields(stamp, frame_id), child_frame_id=child_frame_id,
                                   pose=fields)
 
 

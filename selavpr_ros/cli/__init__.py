@@ -15,6 +15,8 @@ import sys
 from selavpr_ros._version import __version__
 from selavpr_ros.errors import SelaVPRError
 
+__all__ = ["HelpFormatter", "build_parser", "main"]
+
 COMMAND_MODULES = (
     "selavpr_ros.cli.model_commands",
     "selavpr_ros.cli.map_commands",

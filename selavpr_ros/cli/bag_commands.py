@@ -6,10 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
-
-from selavpr_ros.errors import ConfigError
-
 BUILD_DESCRIPTION = """\
 Build (or extend) a map from bags: rosbag2 folders (sqlite3 or mcap) and ROS 1
 .bag files. Each bag becomes one session; images pass the keyframe gate and
@@ -29,7 +25,7 @@ rosbag2 of selavpr_ros/msg/LoopClosureCandidateArray messages.
 
 
 def _extractor(args):
-    from selavpr_ros.inference.extractor import open_extractor
+    from selavpr_ros.inference.loader import open_extractor
     from selavpr_ros.models.zoo import resolve_checkpoint
 
     return open_extractor(resolve_checkpoint(args.checkpoint), device=args.device)
@@ -58,17 +54,12 @@ def cmd_build_map(args: argparse.Namespace) -> int:
 
 
 def replay_params(args: argparse.Namespace) -> dict:
-    from selavpr_ros.node.params import load_params_file, validate
+    from selavpr_ros.node.params import load_params_file, parse_overrides, validate
 
     params = load_params_file(args.params) if args.params else validate({})
     params.update({"map_path": str(args.map), "mode": "localization", "device": args.device,
                    "checkpoint": args.checkpoint or ""})
-    for item in args.param or []:
-        name, sep, raw = item.partition(":=")
-        if not sep:
-            raise ConfigError(f"-p expects NAME:=VALUE, got '{item}'")
-        params[name] = yaml.safe_load(raw) if not isinstance(params.get(name), str) else raw
-    return validate(params)
+    return validate({**params, **parse_overrides(args.param)})
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -50,7 +50,7 @@ def write_demo_bags(out: Path) -> tuple[Path, Path]:
 
 
 def run_demo(out: Path, checkpoint: str | None, device: str, quiet: bool = False, min_score: float = 0.55) -> dict:
-    from selavpr_ros.inference.extractor import open_extractor
+    from selavpr_ros.inference.loader import open_extractor
     from selavpr_ros.loop_closure.config import KeyframeGateConfig
     from selavpr_ros.models.zoo import resolve_checkpoint
     from selavpr_ros.node.params import validate

@@ -25,14 +25,11 @@ map built by `build-map --save-images --pose-topic` with --query-map
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from selavpr_ros.evaluation.evaluate import check_input_size, evaluate, load_eval_set, write_report
-    from selavpr_ros.inference.extractor import open_extractor
+    from selavpr_ros.inference.loader import open_extractor
     from selavpr_ros.models.zoo import resolve_checkpoint
+    from selavpr_ros.retrieval.config import parse_stages
 
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    order = ["binary", "float", "local"]
-    if not stages or any(s not in order for s in stages):
-        raise ConfigError(f"--stages takes a comma-separated subset of {', '.join(order)}, got '{args.stages}'")
-    stages = [s for s in order if s in stages]
+    stages = parse_stages(args.stages, "--stages", pipeline=False)
     folders = tuple(args.folders.split(","))
     if len(folders) != 2:
         raise ConfigError("--folders takes DATABASE,QUERIES (two folder names)")

@@ -65,10 +65,10 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     from selavpr_ros.models.checkpoint import save_checkpoint
-    from selavpr_ros.models.importers import RELEASE_URLS, import_release
+    from selavpr_ros.models.importers import import_release
     from selavpr_ros.models.summary import format_summary, summarize
 
-    source = RELEASE_URLS.get(args.source, args.source)
+    source = args.source
     config = ModelConfig.load(args.config) if args.config else None
     if args.source == "official":
         if config is None:
@@ -136,7 +136,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=IMPORT_EPILOG,
         formatter_class=HelpFormatter,
     )
-    p.add_argument("kind", choices=["auto", "dinov2", "selavpr", "selavpr++"], help="release format")
+    p.add_argument("kind", help="release format: auto, or a release kind of a registered method (see above)")
     p.add_argument("source", metavar="SOURCE", help="file, URL, release name, or 'official' (dinov2)")
     p.add_argument("--out", required=True, help="output checkpoint (.pt)")
     p.add_argument("--config", help="model config for dinov2 imports (any method)")

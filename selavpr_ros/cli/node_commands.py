@@ -9,10 +9,6 @@ import signal
 import threading
 import time
 
-import yaml
-
-from selavpr_ros.errors import ConfigError
-
 DESCRIPTION = """\
 Run the place-recognition node on a live camera topic without ROS 2: the same
 pipeline as `ros2 launch selavpr_ros vpr.launch.py`, talking to ROS 2 nodes
@@ -24,17 +20,12 @@ selavpr_ros/LoopClosureCandidateArray and diagnostic_msgs/DiagnosticArray on
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from selavpr_ros.node.params import SPECS, load_params_file, validate
+    from selavpr_ros.node.dds_node import DDSNode
+    from selavpr_ros.node.params import load_params_file, parse_overrides, validate
     from selavpr_ros.node.pipeline import VPRPipeline
-    from selavpr_ros.transport.dds_node import DDSNode
 
     params = load_params_file(args.params) if args.params else validate({})
-    for item in args.param or []:
-        name, sep, raw = item.partition(":=")
-        if not sep or name not in SPECS:
-            raise ConfigError(f"-p expects NAME:=VALUE with a known NAME, got '{item}'")
-        params[name] = yaml.safe_load(raw) if SPECS[name].type is not str else raw
-    params = validate(params)
+    params = validate({**params, **parse_overrides(args.param)})
     pipeline = VPRPipeline(params)
     node = DDSNode(pipeline, namespace=args.namespace, domain_id=args.domain_id)
     stop = threading.Event()

@@ -15,11 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selavpr_ros.errors import SelaVPRError
-
-
-class DatasetError(SelaVPRError):
-    """A dataset folder or file is missing, malformed or empty; the message names it."""
+from selavpr_ros.errors import DatasetError
 
 
 @dataclass

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from selavpr_ros.datasets.base import DatasetError, PlaceSet
+from selavpr_ros.datasets.base import PlaceSet
+from selavpr_ros.errors import DatasetError
 
 COLUMNS = ("place_id", "year", "month", "northdeg", "city_id", "lat", "lon", "panoid")
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from selavpr_ros.datasets.base import DatasetError, EvalSet, PlaceSet, PoseSet
+from selavpr_ros.datasets.base import EvalSet, PlaceSet, PoseSet
 from selavpr_ros.datasets.utm import within
+from selavpr_ros.errors import DatasetError
 from selavpr_ros.mapdb.database import MapDatabase
 
 

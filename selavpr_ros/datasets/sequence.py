@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from selavpr_ros.datasets.base import DatasetError, EvalSet, PlaceSet
+from selavpr_ros.datasets.base import EvalSet, PlaceSet
+from selavpr_ros.errors import DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

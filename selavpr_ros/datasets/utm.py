@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from selavpr_ros.datasets.base import DatasetError, EvalSet, PlaceSet
+from selavpr_ros.datasets.base import EvalSet, PlaceSet
 from selavpr_ros.datasets.sequence import IMAGE_SUFFIXES
+from selavpr_ros.errors import DatasetError
 
 
 def parse_utm(path: str | Path) -> tuple[float, float]:

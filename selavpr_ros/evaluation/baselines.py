@@ -16,8 +16,8 @@ from PIL import Image
 
 from selavpr_ros.datasets.base import EvalSet
 from selavpr_ros.evaluation.recall import rank_binary, rank_float, recall_at
-from selavpr_ros.inference.extractor import Descriptors
 from selavpr_ros.inference.preprocess import load_image
+from selavpr_ros.types import Descriptors
 
 
 def pixel_descriptors(paths: Sequence[str | Path], size: tuple[int, int] | None = None) -> np.ndarray:

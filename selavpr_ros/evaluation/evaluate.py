@@ -20,18 +20,24 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from selavpr_ros.datasets.base import DatasetError, EvalSet
+from selavpr_ros.datasets.base import EvalSet
 from selavpr_ros.datasets.map_data import load_map_eval
 from selavpr_ros.datasets.sequence import IMAGE_SUFFIXES, load_sequence_eval
 from selavpr_ros.datasets.utm import load_utm_eval
+from selavpr_ros.errors import DatasetError
 from selavpr_ros.evaluation.recall import recall_at
-from selavpr_ros.inference.extractor import Descriptors, Extractor
+from selavpr_ros.inference.base import Extractor
 from selavpr_ros.mapdb.database import MapDatabase
-from selavpr_ros.mapdb.records import KeyframeRecord
-from selavpr_ros.retrieval.retriever import RetrievalConfig, Retriever
+from selavpr_ros.retrieval.config import STAGE_ORDER, RetrievalConfig
+from selavpr_ros.retrieval.retriever import Retriever
+from selavpr_ros.types import Descriptors, KeyframeRecord
 
 LAYOUTS = ("utm", "sequence", "precomputed", "map")
-STAGE_LISTS = {"binary": ["binary"], "float": ["binary", "float"], "local": ["binary", "float", "local"]}
+
+
+def pipeline_up_to(stage: str) -> list[str]:
+    """The retrieval stages that end at ``stage``: binary -> [binary], float -> [binary, float], ..."""
+    return list(STAGE_ORDER[: STAGE_ORDER.index(stage) + 1])  # type: ignore[arg-type]
 STAGE_NAMES = {"binary": "binary", "float": "+ float re-rank", "local": "+ local re-rank"}
 
 
@@ -139,7 +145,7 @@ def check_input_size(ev: EvalSet, extractor: Extractor, max_upscale: float = 4.0
     """Refuse datasets whose images are far smaller than the model's input (upscaling invents detail)."""
     with Image.open(ev.queries[0]) as im:
         w, h = im.size
-    pre = extractor.config.preprocess
+    pre = extractor.preprocess
     scale = max(pre.height / h, pre.width / w)
     if scale > max_upscale:
         raise DatasetError(f"{ev.queries[0]} is {w}x{h} but the model reads {pre.width}x{pre.height} "
@@ -186,7 +192,7 @@ def evaluate(extractor: Extractor, ev: EvalSet, stages: list[str], ns: tuple[int
                         bytes_per_entry=db.stats()["bytes_per_entry"])
     rankings: dict[str, np.ndarray] = {}
     for stage in stages:
-        cfg = RetrievalConfig(stages=STAGE_LISTS[stage], k=min(k, len(ev.database)), local_k=local_k)
+        cfg = RetrievalConfig(stages=pipeline_up_to(stage), k=min(k, len(ev.database)), local_k=local_k)
         retriever = Retriever(db, cfg)
         cands = retriever.search_batch(q_desc)
         width = max(ns)
@@ -196,7 +202,7 @@ def evaluate(extractor: Extractor, ev: EvalSet, stages: list[str], ns: tuple[int
         rankings[stage] = pred
         report.recall[STAGE_NAMES[stage]] = recall_at(pred, ev.positives, ns)
         report.stage_ms[STAGE_NAMES[stage]] = {s: float(np.median([c.timings_ms.get(s, np.nan) for c in cands]))
-                                               for s in STAGE_LISTS[stage]}
+                                               for s in pipeline_up_to(stage)}
     report.latency_vs_map_size = _latency_vs_size(db, q_desc, stages, k)
     db.close()
     return report, {"rankings": rankings, "query_desc": q_desc, "db_desc": db_desc}
@@ -212,7 +218,7 @@ def _latency_vs_size(db: MapDatabase, queries: Descriptors, stages: list[str], k
         allowed = np.zeros(n, bool)
         allowed[:size] = True
         for stage in stages:
-            retriever = Retriever(db, RetrievalConfig(stages=STAGE_LISTS[stage], k=min(k, size)))
+            retriever = Retriever(db, RetrievalConfig(stages=pipeline_up_to(stage), k=min(k, size)))
             t = time.perf_counter()
             retriever.search_batch(sample, allowed)
             rows.append({"map_size": size, "stage": STAGE_NAMES[stage],

@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from selavpr_ros._version import __version__
+from selavpr_ros.config import from_dict
 from selavpr_ros.errors import CheckpointError
-from selavpr_ros.inference.extractor import Descriptors, Extractor
-from selavpr_ros.models.config import ModelConfig
+from selavpr_ros.inference.base import Extractor
+from selavpr_ros.models.config import PreprocessConfig
+from selavpr_ros.types import DescriptorLayout, Descriptors
 
 ONNX_FORMAT = "selavpr_ros.onnx"
 DEFAULT_OPSET = 18
@@ -82,7 +84,7 @@ def export_onnx(
         raise CheckpointError(f"opset {opset} is too old; use 17 or newer")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    config: ModelConfig = model.config
+    config = model.config
     model = model.eval().cpu()
     has_local = config.layout().has_local
     outputs = OUTPUTS if has_local else OUTPUTS[:3]
@@ -174,7 +176,9 @@ class OnnxExtractor(Extractor):
 
         self.path = Path(path)
         meta = read_metadata(self.path)
-        self.config = ModelConfig.from_dict(json.loads(meta["model_config"]))
+        self.model_config = json.loads(meta["model_config"])
+        self.preprocess = from_dict(PreprocessConfig, self.model_config.get("preprocess"), "preprocess")
+        self.layout = DescriptorLayout.from_dict(json.loads(meta["layout"]))
         self.model_id = meta["model_id"]
         self.precision = meta.get("precision", "fp32")
         options = ort.SessionOptions()
@@ -200,7 +204,7 @@ def compare_with_torch(model: Any, onnx_path: str | os.PathLike, batch: int = 4,
     Codes can only differ where the continuous hash value is near zero; the
     report counts differing bits and how many PyTorch values lie within 1e-4 of 0.
     """
-    from selavpr_ros.inference.extractor import TorchExtractor
+    from selavpr_ros.inference.torch_backend import TorchExtractor
 
     cfg = model.config.preprocess
     x = np.random.default_rng(seed).standard_normal((batch, 3, cfg.height, cfg.width)).astype(np.float32)

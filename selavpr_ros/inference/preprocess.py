@@ -1,10 +1,10 @@
-"""Image loading and preprocessing shared by every inference backend.
+"""Image preprocessing shared by every inference backend.
 
 NumPy and Pillow only, so the ONNX Runtime backend runs on robots without
-PyTorch. The resize policy (see :class:`~selavpr_ros.models.config.PreprocessConfig`):
+PyTorch. Pixels are normalised by :func:`selavpr_ros.imaging.to_rgb8` (grey to
+RGB, alpha dropped, 16 bit to 8 bit, float in [0, 1]); then (see
+:class:`~selavpr_ros.models.config.PreprocessConfig`)
 
-* grey (H, W) or (H, W, 1) images are replicated to RGB; RGBA drops alpha;
-* 16-bit images are scaled to 8 bit; float images must lie in [0, 1];
 * every image is resized to the model's input size (multiples of 14), by
   ``stretch`` (default, as the papers evaluate) or after a ``center_crop`` to
   the target aspect ratio. Pillow's resampling antialiases when shrinking,
@@ -13,15 +13,15 @@ PyTorch. The resize policy (see :class:`~selavpr_ros.models.config.PreprocessCon
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from selavpr_ros.errors import ImageError
+from selavpr_ros.imaging import decode_encoded, to_rgb8
 from selavpr_ros.models.config import PreprocessConfig
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -29,39 +29,7 @@ _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.
 
 def load_image(source: str | os.PathLike | bytes) -> np.ndarray:
     """Decode an image file (or encoded bytes) to an (H, W, 3) uint8 RGB array."""
-    name = "<bytes>" if isinstance(source, bytes) else str(source)
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-            im.load()
-            return to_rgb8(np.asarray(im.convert("RGB") if im.mode not in ("L", "I;16", "RGB") else im), name)
-    except FileNotFoundError:
-        raise ImageError(f"{name}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{name}: cannot decode image ({exc})") from None
-
-
-def to_rgb8(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Normalise channel count and bit depth to (H, W, 3) uint8 (policy in the module docstring)."""
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
-        raise ImageError(f"{name}: expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {image.shape}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ImageError(f"{name}: image has zero size {image.shape[:2]}")
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif np.issubdtype(image.dtype, np.floating):
-        if not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
-            raise ImageError(f"{name}: float images must be finite and within [0, 1]")
-        image = np.round(image * 255).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise ImageError(f"{name}: unsupported pixel type {image.dtype} (use uint8, uint16 or float in [0, 1])")
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    elif image.shape[2] == 4:
-        image = image[:, :, :3]
-    return np.ascontiguousarray(image)
+    return decode_encoded(source, "<bytes>" if isinstance(source, bytes) else None)
 
 
 def center_crop_box(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int, int, int]:

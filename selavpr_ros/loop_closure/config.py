@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from selavpr_ros.config import check
-from selavpr_ros.retrieval.retriever import RetrievalConfig
+from selavpr_ros.retrieval.config import RetrievalConfig
 
 
 @dataclass

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import enum
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from selavpr_ros.inference.extractor import Descriptors
+from selavpr_ros.errors import MapError
 from selavpr_ros.loop_closure.config import LoopClosureConfig
 from selavpr_ros.mapdb.database import MapDatabase
-from selavpr_ros.mapdb.errors import MapError
-from selavpr_ros.mapdb.records import KeyframeRecord, Pose
 from selavpr_ros.retrieval.retriever import Candidates, Retriever
+from selavpr_ros.types import Descriptors, KeyframeRecord, Pose
 
 
 class Status(enum.IntEnum):
@@ -113,8 +111,9 @@ class LoopClosureEngine:
         self.db = database
         self.retriever = Retriever(database, self.config.retrieval)
         self.gate = KeyframeGate(self.config.keyframe)
-        # Per previous query: [(match session id, match stamp, chain length)] of candidates above min_score.
-        self._history: deque[list[tuple[int, int, int]]] = deque(maxlen=max(self.config.consistency.n - 1, 1))
+        # The previous query's candidates above min_score: (match session id, match stamp, chain length).
+        # Chains carry their length forward, so one query of history is all consistency needs.
+        self._previous: list[tuple[int, int, int]] = []
         self._session_id: int | None = None
         if self.config.mode == "mapping":
             self._session_id = database.session_id(self.config.session)
@@ -122,12 +121,10 @@ class LoopClosureEngine:
 
     def _resume(self) -> None:
         """Continue a session after a restart: the gate starts from its newest keyframe."""
-        rows = self.db.rows
-        mine = np.flatnonzero((rows["session"] == self._session_id) & self.db.live_mask())
-        if len(mine):
-            last = int(mine[-1])
-            record = self.db.records([last])[0]
-            self.gate.accept(record.stamp_ns, np.asarray(self.db.float_descriptors[last], np.float32), record.pose)
+        newest = self.db.newest_keyframe(self.config.session)
+        if newest is not None:
+            record, descriptor = newest
+            self.gate.accept(record.stamp_ns, descriptor, record.pose)
 
     # -- exclusion ----------------------------------------------------------------
     def _exclusion_mask(self, stamp_ns: int) -> np.ndarray | None:
@@ -197,15 +194,13 @@ class LoopClosureEngine:
                     status = Status.INCONSISTENT
                     why = f"seen in {chain} of {cfg.consistency.n} consecutive queries"
             out.append(self._candidate(record, int(top.rows[i]), records[i], score, top, i, i + 1, status, why))
-        self._history.append(passing)
+        self._previous = passing
         return out
 
     def _chain_before(self, session: int, stamp: int) -> int:
         """Length of the consistent chain that the previous query offers for a match at (session, stamp)."""
-        if not self._history:
-            return 0
         gap = int(self.config.consistency.max_gap_s * 1e9)
-        prev = [c for s, t, c in self._history[-1] if s == session and abs(t - stamp) <= gap]
+        prev = [c for s, t, c in self._previous if s == session and abs(t - stamp) <= gap]
         return max(prev, default=0)
 
     def _candidate(self, record, row, match, score, cand, i, rank, status, reason) -> LoopCandidate:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selavpr_ros.mapdb.errors import DiskFullError, MapError
+from selavpr_ros.errors import DiskFullError, MapError
 
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 

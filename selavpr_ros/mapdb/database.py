@@ -32,20 +32,10 @@ import numpy as np
 
 from selavpr_ros._version import __version__
 from selavpr_ros.config import from_dict, to_dict
-from selavpr_ros.inference.extractor import Descriptors
+from selavpr_ros.errors import DiskFullError, LayoutMismatchError, MapError, MapLockedError
 from selavpr_ros.mapdb.arrays import RowArray
-from selavpr_ros.mapdb.errors import DiskFullError, LayoutMismatchError, MapError, MapLockedError
-from selavpr_ros.mapdb.records import (
-    FLAG_HAS_POSE,
-    ROW_META,
-    KeyframeRecord,
-    Pose,
-    StorageConfig,
-    StoredLayout,
-    decode_local,
-    encode_local,
-)
-from selavpr_ros.models.config import DescriptorLayout
+from selavpr_ros.mapdb.records import FLAG_HAS_POSE, ROW_META, StorageConfig, StoredLayout, decode_local, encode_local
+from selavpr_ros.types import DescriptorLayout, Descriptors, KeyframeRecord, Pose
 
 SCHEMA_VERSION = 1
 DB_NAME = "map.sqlite"
@@ -580,6 +570,23 @@ class MapDatabase:
             keyframe_id=kid,
             row=r,
         )
+
+    def newest_keyframe(self, session: str) -> tuple[KeyframeRecord, np.ndarray] | None:
+        """The live keyframe of ``session`` with the newest stamp and its float descriptor, or None.
+
+        The one rule for resuming a session (the live node after a restart,
+        ``build-map`` after an interruption): continue after this keyframe.
+        """
+        found = self._conn.execute("SELECT id FROM sessions WHERE name = ? AND deleted = 0", (session,)).fetchone()
+        if found is None:
+            return None
+        sid = int(found[0])
+        rows = self.rows
+        mine = np.flatnonzero((rows["session"] == sid) & self.live_mask())
+        if not len(mine):
+            return None
+        last = int(mine[np.argmax(rows["stamp_ns"][mine])])
+        return self.records([last])[0], np.asarray(self.float_descriptors[last], np.float32)
 
     def sessions(self) -> dict[str, int]:
         """Live keyframes per session."""

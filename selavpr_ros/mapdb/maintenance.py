@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from selavpr_ros.errors import MapError
 from selavpr_ros.mapdb.database import DB_NAME, MapDatabase
-from selavpr_ros.mapdb.errors import MapError
 
 
 @dataclass

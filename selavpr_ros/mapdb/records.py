@@ -1,4 +1,4 @@
-"""What a map stores per keyframe, and how it stores descriptors."""
+"""How a map stores descriptors: precision, pooling of local features, per-row search metadata."""
 
 from __future__ import annotations
 
@@ -8,39 +8,7 @@ from typing import Literal
 import numpy as np
 
 from selavpr_ros.config import check
-from selavpr_ros.models.config import DescriptorLayout
-
-
-@dataclass(frozen=True)
-class Pose:
-    """Position (m) and orientation (unit quaternion x, y, z, w) in the map frame."""
-
-    position: tuple[float, float, float]
-    orientation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)
-    covariance: tuple[float, ...] | None = None  # 6x6 row-major (x, y, z, rot x, rot y, rot z), as in ROS
-
-    def yaw(self) -> float:
-        x, y, z, w = self.orientation
-        return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
-
-
-@dataclass
-class KeyframeRecord:
-    """Metadata of one map entry. ``keyframe_id`` and ``row`` are assigned by the map."""
-
-    stamp_ns: int
-    frame_id: str = ""
-    source: str = ""  # bag file, dataset, or live
-    topic: str = ""
-    image_ref: str = ""  # path of the image when known (evaluation, visualisation)
-    pose: Pose | None = None
-    session: str = ""
-    keyframe_id: int = -1
-    row: int = -1
-
-    @property
-    def stamp(self) -> float:
-        return self.stamp_ns * 1e-9
+from selavpr_ros.types import DescriptorLayout
 
 
 @dataclass

@@ -21,9 +21,10 @@ from torch import Tensor
 
 from selavpr_ros._version import __version__
 from selavpr_ros.errors import CheckpointError, ConfigError
-from selavpr_ros.models.config import DescriptorLayout, ModelConfig
+from selavpr_ros.models.config import ModelConfig
 from selavpr_ros.models.vpr import VPRModel, build_model
 from selavpr_ros.models.weights import check_finite, load_strict, read_weights_file
+from selavpr_ros.types import DescriptorLayout
 
 FORMAT = "selavpr_ros.checkpoint"
 FORMAT_VERSION = 1

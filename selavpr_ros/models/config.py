@@ -1,24 +1,25 @@
 """Model configuration: which method, which backbone, which heads, which input.
 
 One :class:`ModelConfig` describes a model completely; it is stored inside
-every checkpoint and ONNX file so that a model file is self-describing.
+every checkpoint and ONNX file so that a model file is self-describing. The
+parts every method shares (trunk, input, codes) are defined here; each
+method's own options are a :class:`MethodConfig` subclass that lives with the
+method (``selavpr_ros/models/methods/``) and is found through the registry.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-from selavpr_ros.config import check, from_dict, load_config, to_dict
+from selavpr_ros.config import check, fields_from_dict, from_dict, load_config, to_dict
+from selavpr_ros.errors import ConfigError
+from selavpr_ros.types import DescriptorLayout
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-Method = Literal["selavpr", "selavpr++", "emvp", "dinov2-gem"]
-METHODS: tuple[str, ...] = ("selavpr", "selavpr++", "emvp", "dinov2-gem")
 
 
 @dataclass(frozen=True)
@@ -168,240 +169,165 @@ class GeMConfig:
 
 
 @dataclass
-class SelaVPRConfig:
-    """SelaVPR: serial + parallel bottleneck adapters in every block, GeM global head,
-    up-convolution local head."""
+class MethodConfig:
+    """Base of every method's options (the YAML section its registry entry names).
 
-    adapter_ratio: float = 0.5
-    parallel_scale: float = 0.2
-    local_hidden: int = 256
-    local_dim: int = 128
-    gem: GeMConfig = field(default_factory=GeMConfig)
-
-    def __post_init__(self) -> None:
-        check(0 < self.adapter_ratio <= 4, "selavpr.adapter_ratio must be in (0, 4]")
-        check(self.local_hidden > 0 and self.local_dim > 0, "selavpr: local head sizes must be positive")
-
-
-@dataclass
-class SelaVPRPlusPlusConfig:
-    """SelaVPR++: MultiConv side adapters on a frozen trunk, float and/or hash branch.
-
-    ``side_start`` = number of trunk blocks whose output seeds the side state
-    (ViT-L: 8, ViT-B: 0, as in the reference). ``mca_channels`` are the
-    MultiConv widths (hidden, 1x1, 3x3-reduce, 3x3, 5x5-reduce, 5x5); null
-    derives them from the embedding width as the reference does for B and L.
+    Subclasses override the hooks below to say what their model outputs; the
+    defaults describe a method with a float descriptor as wide as the trunk,
+    codes from a sign random projection and no local features.
     """
 
-    branches: list[Literal["float", "hash"]] = field(default_factory=lambda: ["float", "hash"])
-    side_start: int | None = None
-    mca_channels: tuple[int, int, int, int, int, int] | None = None
-    float_dim: int | None = None
-    bn_eps: float = 1e-3
-    gem: GeMConfig = field(default_factory=GeMConfig)
+    def resolve(self, model: ModelConfig) -> None:
+        """Check the options against the whole model and fill derived defaults (may set fields)."""
 
-    def __post_init__(self) -> None:
-        check(len(self.branches) > 0, "selavpr++.branches must name at least one of float, hash")
-        check(len(set(self.branches)) == len(self.branches), "selavpr++.branches has duplicates")
-        if self.mca_channels is not None:
-            hidden, c1, _, c3, _, c5 = self.mca_channels
-            check(c1 + c3 + c5 == hidden, "selavpr++.mca_channels: 1x1 + 3x3 + 5x5 widths must equal hidden")
+    def descriptor_dim(self, model: ModelConfig) -> int:
+        """Length of the float descriptor."""
+        return model.backbone.spec.embed_dim
 
+    @property
+    def learned_codes(self) -> bool:
+        """Whether the codes come from a learned hash branch (else: sign random projection)."""
+        return False
 
-@dataclass
-class EMVPConfig:
-    """EMVP: centroid-free probing with dynamic power normalisation (DPN_C)
-    and sequential DPN_R recalibration after the last ``recalib_blocks`` blocks."""
+    def local_shape(self, model: ModelConfig) -> tuple[int, int, int] | None:
+        """Dense local features (h, w, C) at the model's input size, or None."""
+        return None
 
-    clusters: int = 64
-    cluster_dim: int = 128
-    token_dim: int = 256
-    hidden: int = 512
-    dropout: float = 0.3
-    recalib_blocks: int = 4
-    recalib_hidden: int = 16
-    remove_mean: bool = True
-    eps: float = 1e-6
-
-    def __post_init__(self) -> None:
-        check(self.clusters > 0 and self.cluster_dim > 0 and self.token_dim >= 0, "emvp: sizes must be positive")
-        check(self.recalib_blocks >= 0, "emvp.recalib_blocks must be >= 0")
-        check(0 <= self.dropout < 1, "emvp.dropout must be in [0, 1)")
+    def estimate_macs(self, model: ModelConfig, tokens: int, grid: tuple[int, int]) -> dict[str, float]:
+        """Multiply-accumulates per image of the method's own parts (beyond the trunk)."""
+        return {}
 
 
-@dataclass
-class DinoGeMConfig:
-    """The frozen baseline: DINOv2 patch tokens, per-location L2, GeM, L2."""
-
-    gem: GeMConfig = field(default_factory=GeMConfig)
-
-
-METHOD_SECTIONS = {
-    "selavpr": "selavpr",
-    "selavpr++": "selavprpp",
-    "emvp": "emvp",
-    "dinov2-gem": "dinov2_gem",
-}
+M = TypeVar("M", bound=MethodConfig)
 
 
 @dataclass
 class ModelConfig:
-    """A complete model description. Exactly the section named by ``method`` is used."""
+    """A complete model description: shared parts plus the options of ``method``.
 
-    method: Method
+    In YAML the options sit under the method's section name (``selavpr``,
+    ``selavprpp``, ``emvp``, ``dinov2_gem``, or a registered method's own);
+    in Python they are :attr:`options`.
+    """
+
+    method: str
     name: str = ""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     codes: CodesConfig = field(default_factory=CodesConfig)
-    selavpr: SelaVPRConfig | None = None
-    selavprpp: SelaVPRPlusPlusConfig | None = None
-    emvp: EMVPConfig | None = None
-    dinov2_gem: DinoGeMConfig | None = None
+    options: MethodConfig | None = None
 
     def __post_init__(self) -> None:
-        section = METHOD_SECTIONS[self.method]
-        for method, other in METHOD_SECTIONS.items():
-            check(
-                other == section or getattr(self, other) is None,
-                f"section '{other}' is for method {method!r}, but method is {self.method!r}",
-            )
-        if getattr(self, section) is None:
-            defaults = {
-                "selavpr": SelaVPRConfig,
-                "selavprpp": SelaVPRPlusPlusConfig,
-                "emvp": EMVPConfig,
-                "dinov2_gem": DinoGeMConfig,
-            }
-            setattr(self, section, defaults[section]())
+        from selavpr_ros.models.registry import get_method
+
+        spec = get_method(self.method)
+        if self.options is None:
+            self.options = spec.config()
+        check(
+            isinstance(self.options, spec.config),
+            f"options of method {self.method!r} must be {spec.config.__name__}, got {type(self.options).__name__}",
+        )
+        self.options = replace(self.options)  # resolve() may fill fields: never share them between configs
         p = self.backbone.patch_size
         check(
             self.preprocess.height % p == 0 and self.preprocess.width % p == 0,
             f"preprocess: input size {self.preprocess.height}x{self.preprocess.width} must be a multiple "
             f"of the patch size {p} (e.g. 224 or 322)",
         )
-        if self.method == "selavpr++":
-            depth = self.backbone.spec.depth
-            start = self.side_start
-            check(0 <= start < depth, f"selavpr++.side_start must be in [0, {depth - 1}], got {start}")
-        if self.method == "emvp":
-            check(
-                self.emvp.recalib_blocks <= self.backbone.spec.depth,
-                f"emvp.recalib_blocks {self.emvp.recalib_blocks} exceeds backbone depth {self.backbone.spec.depth}",
-            )
+        self.options.resolve(self)
+
+    def section(self, cls: type[M]) -> M:
+        """The method options, typed as ``cls`` (raises when the model is of another method)."""
+        if not isinstance(self.options, cls):
+            raise ConfigError(f"model of method {self.method!r} has no {cls.__name__} section")
+        return self.options
 
     # -- derived quantities -------------------------------------------------
     @property
-    def method_config(self):
-        return getattr(self, METHOD_SECTIONS[self.method])
-
-    @property
-    def side_start(self) -> int:
-        """SelaVPR++: trunk blocks before the side chain starts (ViT-L 8, ViT-g 24, else 0)."""
-        cfg = self.selavprpp
-        if cfg is not None and cfg.side_start is not None:
-            return cfg.side_start
-        return {"vitl14": 8, "vitg14": 24}.get(self.backbone.arch, 0)
-
-    @property
-    def mca_channels(self) -> tuple[int, int, int, int, int, int]:
-        cfg = self.selavprpp
-        if cfg is not None and cfg.mca_channels is not None:
-            return tuple(cfg.mca_channels)  # type: ignore[return-value]
-        hidden = self.backbone.spec.embed_dim // 2
-        return (hidden, hidden // 2, hidden // 16, hidden // 4, hidden // 16, hidden // 4)
-
-    @property
     def float_dim(self) -> int:
         """Length of the float descriptor."""
-        d = self.backbone.spec.embed_dim
-        if self.method == "selavpr++":
-            cfg = self.selavprpp
-            if "float" not in cfg.branches:
-                return self.codes.bits
-            if cfg.float_dim is not None:
-                return cfg.float_dim
-            return {"vitb14": 2048, "vitl14": 4096, "vitg14": 4096, "vits14": 1024}.get(self.backbone.arch, 2 * d)
-        if self.method == "emvp":
-            return self.emvp.clusters * self.emvp.cluster_dim + self.emvp.token_dim
-        return d
+        assert self.options is not None
+        return self.options.descriptor_dim(self)
 
     @property
     def learned_codes(self) -> bool:
-        return self.method == "selavpr++" and "hash" in self.selavprpp.branches
+        assert self.options is not None
+        return self.options.learned_codes
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        p = self.backbone.patch_size
+        return (self.preprocess.height // p, self.preprocess.width // p)
 
     @property
     def local_grid(self) -> tuple[int, int] | None:
-        """Local-feature grid: two stride-2 transposed convolutions give 4g - 3 per side."""
-        if self.method != "selavpr":
-            return None
-        gh = self.preprocess.height // self.backbone.patch_size
-        gw = self.preprocess.width // self.backbone.patch_size
-        return (4 * gh - 3, 4 * gw - 3)
+        assert self.options is not None
+        shape = self.options.local_shape(self)
+        return None if shape is None else (shape[0], shape[1])
 
     def layout(self) -> DescriptorLayout:
-        grid = self.local_grid
+        assert self.options is not None
+        shape = self.options.local_shape(self)
         return DescriptorLayout(
             code_bits=self.codes.bits,
             float_dim=self.float_dim,
-            local_dim=self.selavpr.local_dim if grid else 0,
-            local_grid=grid or (0, 0),
+            local_dim=shape[2] if shape else 0,
+            local_grid=(shape[0], shape[1]) if shape else (0, 0),
         )
 
     def with_input(self, height: int, width: int) -> ModelConfig:
         """Same model at another input size (weights are size-independent)."""
         return replace(self, preprocess=replace(self.preprocess, height=height, width=width))
 
-    def to_dict(self) -> dict:
-        return to_dict(self)
+    # -- plain data ---------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        from selavpr_ros.models.registry import get_method
+
+        return {
+            "method": self.method,
+            "name": self.name,
+            "backbone": to_dict(self.backbone),
+            "preprocess": to_dict(self.preprocess),
+            "codes": to_dict(self.codes),
+            get_method(self.method).section: to_dict(self.options),
+        }
 
     @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        return from_dict(cls, data)
+    def from_dict(cls, data: dict[str, Any], path: str = "") -> ModelConfig:
+        """Validated config from plain data (YAML, a checkpoint, an ONNX file's metadata)."""
+        return from_dict(cls, data, path)
+
+    @classmethod
+    def __config_from_dict__(cls, data: dict[str, Any], path: str = "") -> ModelConfig:
+        from selavpr_ros.models.registry import get_method, list_methods
+
+        prefix = f"{path}." if path else ""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path or 'model'}: expected a mapping, got {type(data).__name__}")
+        data = dict(data)
+        method = data.get("method")
+        if not isinstance(method, str):
+            raise ConfigError(f"{prefix}method: required key is missing (one of {', '.join(list_methods())})")
+        spec = get_method(method)
+        if "options" in data:
+            raise ConfigError(f"{prefix}options: unknown key; method options go under '{spec.section}:'")
+        own = data.pop(spec.section, None)
+        for other in list_methods():
+            section = get_method(other).section
+            if section in data:
+                if data[section] is None:  # files of format 1 list every method's section, unused ones null
+                    del data[section]
+                    continue
+                raise ConfigError(f"{prefix}section '{section}' is for method {other!r}, but method is {method!r}")
+        shared = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        unknown = sorted(set(data) - shared)
+        if unknown:
+            raise ConfigError(
+                f"{prefix}{unknown[0]}: unknown key; allowed keys here: {', '.join(sorted(shared | {spec.section}))}"
+            )
+        data["options"] = from_dict(spec.config, own, f"{prefix}{spec.section}")
+        return fields_from_dict(cls, data, path)
 
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
         return load_config(cls, path)
-
-
-@dataclass(frozen=True)
-class DescriptorLayout:
-    """What a model writes per image; a map accepts only models of its own layout."""
-
-    code_bits: int
-    float_dim: int
-    local_dim: int = 0
-    local_grid: tuple[int, int] = (0, 0)
-
-    @property
-    def code_bytes(self) -> int:
-        return self.code_bits // 8
-
-    @property
-    def has_local(self) -> bool:
-        return self.local_dim > 0
-
-    def to_dict(self) -> dict:
-        return {
-            "code_bits": self.code_bits,
-            "float_dim": self.float_dim,
-            "local_dim": self.local_dim,
-            "local_grid": list(self.local_grid),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DescriptorLayout:
-        return cls(
-            code_bits=int(data["code_bits"]),
-            float_dim=int(data["float_dim"]),
-            local_dim=int(data.get("local_dim", 0)),
-            local_grid=tuple(int(v) for v in data.get("local_grid", (0, 0))),  # type: ignore[arg-type]
-        )
-
-    def describe(self) -> str:
-        local = (
-            f", local {self.local_grid[0]}x{self.local_grid[1]}x{self.local_dim}" if self.has_local else ", no local"
-        )
-        return f"codes {self.code_bits} bit, float {self.float_dim}-d{local}"
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]

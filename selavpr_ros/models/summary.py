@@ -157,29 +157,6 @@ def estimate_macs(config: ModelConfig) -> dict[str, float]:
         mlp = 2 * n * d * hidden
     block = n * d * 3 * d + 2 * n * n * d + n * d * d + mlp
     parts = {"trunk": float(n_patch * 3 * p * p * d + depth * block)}
-    if config.method == "selavpr":
-        r = int(d * config.selavpr.adapter_ratio)
-        parts["adapters"] = float(depth * 2 * 2 * n * d * r)
-        c1 = config.selavpr.local_hidden
-        parts["local_head"] = float(
-            n_patch * d * c1 * 9 + (2 * gh - 1) * (2 * gw - 1) * c1 * config.selavpr.local_dim * 9
-        )
-    elif config.method == "selavpr++":
-        c, b1, b3r, b3, b5r, b5 = config.mca_channels
-        mca = n * d * c * 2 + n_patch * (c * (b1 + b3r + b5r) + b3r * b3 * 9 + b5r * b5 * 25)
-        branches = len(config.selavprpp.branches)
-        parts["adapters"] = float(branches * (depth - config.side_start) * mca)
-        heads = 0
-        if "float" in config.selavprpp.branches:
-            heads += n_patch * d * d + d * config.float_dim
-        if "hash" in config.selavprpp.branches:
-            heads += n_patch * d * d + d * config.codes.bits
-        parts["heads"] = float(heads)
-    elif config.method == "emvp":
-        e = config.emvp
-        parts["adapters"] = float(e.recalib_blocks * (d * e.recalib_hidden))
-        parts["heads"] = float(
-            n_patch * (2 * d * e.hidden + e.hidden * (e.cluster_dim + e.clusters))
-            + e.cluster_dim * e.clusters * n_patch
-        )
+    assert config.options is not None
+    parts.update(config.options.estimate_macs(config, n, (gh, gw)))
     return parts

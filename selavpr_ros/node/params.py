@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from selavpr_ros.config import from_dict, load_yaml
 from selavpr_ros.errors import ConfigError
 from selavpr_ros.loop_closure.config import LoopClosureConfig
+from selavpr_ros.retrieval.config import parse_stages
 
 NODE_NAME = "vpr_node"
 
@@ -114,9 +117,29 @@ def loop_closure_config(values: dict[str, Any]) -> LoopClosureConfig:
             for part in parts[:-1]:
                 node = node.setdefault(part, {})
             node[parts[-1]] = value
-    stages = [s.strip() for s in tree["retrieval"]["stages"].split(",") if s.strip()]
-    tree["retrieval"]["stages"] = stages
+    tree["retrieval"]["stages"] = parse_stages(tree["retrieval"]["stages"], "loop_closure.retrieval.stages")
     return from_dict(LoopClosureConfig, tree)
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``NAME:=VALUE`` items (as ``ros2 run ... --ros-args -p`` takes them) -> typed values.
+
+    String parameters take VALUE as written; others parse it as YAML (``3``,
+    ``0.5``, ``true``), and the result is checked like any parameter.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, raw = item.partition(":=")
+        if not sep or name not in SPECS:
+            known = "" if not sep else f"; known parameters: {', '.join(SPECS)}"
+            raise ConfigError(f"-p expects NAME:=VALUE with a known NAME, got {item!r}{known}")
+        spec = SPECS[name]
+        try:
+            value = raw if spec.type is str else yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"parameter {name}: cannot read {raw!r} as {spec.type.__name__}") from None
+        out[name] = _check_value(spec, value)
+    return out
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

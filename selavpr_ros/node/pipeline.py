@@ -15,15 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from selavpr_ros.inference.extractor import Extractor, open_extractor
+from selavpr_ros.errors import MapError
+from selavpr_ros.inference.base import Extractor
+from selavpr_ros.inference.loader import open_extractor
 from selavpr_ros.loop_closure.config import LoopClosureConfig
 from selavpr_ros.loop_closure.engine import FrameResult, LoopCandidate, LoopClosureEngine
 from selavpr_ros.mapdb.database import DB_NAME, MapDatabase
-from selavpr_ros.mapdb.errors import MapError
-from selavpr_ros.mapdb.records import KeyframeRecord, Pose
 from selavpr_ros.models.zoo import resolve_checkpoint
 from selavpr_ros.node.params import loop_closure_config
 from selavpr_ros.transport.image_decoding import decode_any
+from selavpr_ros.types import KeyframeRecord, Pose, header_fields, ns_to_stamp
 
 
 @dataclass
@@ -46,10 +47,6 @@ class FrameOutcome:
     timings_ms: dict[str, float]
 
 
-def stamp_ns(header) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
 def open_map(path: str | Path, extractor: Extractor, mode: str, storage=None) -> MapDatabase:
     """Open (or, for mapping, create) the map at ``path`` and check it belongs to ``extractor``'s model."""
     path = Path(path).expanduser()
@@ -57,7 +54,7 @@ def open_map(path: str | Path, extractor: Extractor, mode: str, storage=None) ->
         if (path / DB_NAME).is_file():
             db = MapDatabase.open(path, "w")
         else:
-            db = MapDatabase.create(path, extractor.layout, extractor.model_id, extractor.config.to_dict(),
+            db = MapDatabase.create(path, extractor.layout, extractor.model_id, extractor.model_config,
                                     storage)
     else:
         db = MapDatabase.open(path, "r")
@@ -176,7 +173,7 @@ def candidate_fields(c: LoopCandidate, map_id: str) -> dict[str, Any]:
         if c.match_pose.covariance is not None:
             pose["covariance"] = np.asarray(c.match_pose.covariance, np.float64)
     return {
-        "match_stamp": {"sec": c.match_stamp_ns // 1_000_000_000, "nanosec": c.match_stamp_ns % 1_000_000_000},
+        "match_stamp": ns_to_stamp(c.match_stamp_ns),
         "query_keyframe_id": int(c.query_keyframe_id),
         "match_keyframe_id": int(c.match_keyframe_id),
         "map_id": map_id,
@@ -190,10 +187,6 @@ def candidate_fields(c: LoopCandidate, map_id: str) -> dict[str, Any]:
         "has_match_pose": c.match_pose is not None,
         "match_pose": pose,
     }
-
-
-def header_fields(stamp: int, frame_id: str) -> dict[str, Any]:
-    return {"stamp": {"sec": stamp // 1_000_000_000, "nanosec": stamp % 1_000_000_000}, "frame_id": frame_id}
 
 
 def candidate_array_fields(outcome: FrameOutcome, map_id: str, frame_id: str = "") -> dict[str, Any]:

@@ -58,11 +58,9 @@ class NodeStats:
 class LatestFrameWorker:
     """Runs ``pipeline.process`` on the newest submitted frame; ``on_result`` publishes."""
 
-    def __init__(self, pipeline: VPRPipeline, on_result: Callable[[FrameOutcome], None],
-                 on_error: Callable[[Frame, Exception], None] | None = None) -> None:
+    def __init__(self, pipeline: VPRPipeline, on_result: Callable[[FrameOutcome], None]) -> None:
         self.pipeline = pipeline
         self.on_result = on_result
-        self.on_error = on_error
         self.stats = NodeStats()
         self._pending: Frame | None = None
         self._cond = threading.Condition()
@@ -101,8 +99,6 @@ class LatestFrameWorker:
                     self.stats.bad_frames += 1
                     self.stats.last_error = str(exc)
                 log.warning("bad frame at %.3f s: %s", frame.stamp_ns * 1e-9, exc)
-                if self.on_error:
-                    self.on_error(frame, exc)
                 continue
             except Exception as exc:  # noqa: BLE001 - keep the node alive, report loudly
                 with self._cond:

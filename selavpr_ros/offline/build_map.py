@@ -17,15 +17,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from selavpr_ros.bags.poses import PoseTrack, load_pose_track
-from selavpr_ros.bags.reader import BagError, image_connections, iter_images, open_bags
-from selavpr_ros.errors import ImageError
-from selavpr_ros.inference.extractor import Descriptors, Extractor
+from selavpr_ros.bags.reader import image_connections, iter_images, open_bags
+from selavpr_ros.errors import BagError, ImageError
+from selavpr_ros.inference.base import Extractor
 from selavpr_ros.loop_closure.config import KeyframeGateConfig
 from selavpr_ros.loop_closure.engine import KeyframeGate
 from selavpr_ros.mapdb.database import MapDatabase
-from selavpr_ros.mapdb.records import KeyframeRecord, StorageConfig
+from selavpr_ros.mapdb.records import StorageConfig
 from selavpr_ros.node.pipeline import open_map
 from selavpr_ros.transport.image_decoding import decode_any
+from selavpr_ros.types import Descriptors, KeyframeRecord
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +47,6 @@ class SessionReport:
 def session_name(bag: Path) -> str:
     bag = Path(bag)
     return bag.stem if bag.suffix in (".bag", ".db3", ".mcap", ".yaml") else bag.name
-
-
-def _resume_point(db: MapDatabase, session: str) -> tuple[int, KeyframeRecord | None, np.ndarray | None]:
-    """Newest stamp of ``session`` in the map, its record and descriptor (None, -1 when new)."""
-    if session not in db.sessions():
-        return -1, None, None
-    sid = db.session_id(session)
-    rows = db.rows
-    mine = np.flatnonzero((rows["session"] == sid) & db.live_mask())
-    if not len(mine):
-        return -1, None, None
-    last = int(mine[np.argmax(rows["stamp_ns"][mine])])
-    return int(rows["stamp_ns"][last]), db.records([last])[0], np.asarray(db.float_descriptors[last], np.float32)
 
 
 def build_map(
@@ -98,10 +86,13 @@ def _build_session(db: MapDatabase, bag: Path, session: str, image_topic: str, e
                    pose_topic: str | None, base_frame: str | None, map_frame: str | None, gate_cfg: KeyframeGateConfig,
                    save_images: bool, max_pose_gap_s: float, commit_every: int, progress: bool) -> SessionReport:
     report = SessionReport(session, str(bag))
-    resume_stamp, last_record, last_desc = _resume_point(db, session)
     gate = KeyframeGate(gate_cfg)
-    if last_record is not None:
-        gate.accept(last_record.stamp_ns, last_desc, last_record.pose)
+    resume_stamp = -1
+    newest = db.newest_keyframe(session)
+    if newest is not None:
+        record, descriptor = newest
+        resume_stamp = record.stamp_ns
+        gate.accept(record.stamp_ns, descriptor, record.pose)
     image_dir = db.path / "images" / session
     if save_images:
         image_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,12 @@
+"""Retrieval: Hamming top-K over binary codes, float re-rank, SelaVPR local re-rank."""
+
+from selavpr_ros._lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "Candidates": "selavpr_ros.retrieval.retriever",
+    "HammingIndex": "selavpr_ros.retrieval.hamming",
+    "RetrievalConfig": "selavpr_ros.retrieval.config",
+    "Retriever": "selavpr_ros.retrieval.retriever",
+    "mutual_nn_counts": "selavpr_ros.retrieval.local_matching",
+    "parse_stages": "selavpr_ros.retrieval.config",
+})

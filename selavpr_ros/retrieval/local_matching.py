@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-DEFAULT_BUDGET = 1 << 20  # similarity elements per chunk: 4 MB in fp32, cache-sized (fastest measured)
+from selavpr_ros.retrieval.config import DEFAULT_LOCAL_BUDGET
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -48,7 +48,7 @@ def _nearest(q: torch.Tensor, d: torch.Tensor, budget: int) -> tuple[torch.Tenso
 def mutual_nn_counts(
     query: np.ndarray | torch.Tensor,
     candidates: np.ndarray | torch.Tensor,
-    budget: int = DEFAULT_BUDGET,
+    budget: int = DEFAULT_LOCAL_BUDGET,
     device: str | torch.device = "cpu",
     half: bool = False,
 ) -> np.ndarray:
@@ -72,7 +72,7 @@ def mutual_nn_counts(
 
 @torch.inference_mode()
 def mutual_nn_pairs(
-    query: np.ndarray, candidate: np.ndarray, budget: int = DEFAULT_BUDGET
+    query: np.ndarray, candidate: np.ndarray, budget: int = DEFAULT_LOCAL_BUDGET
 ) -> tuple[np.ndarray, np.ndarray]:
     """The matched locations themselves: (query flat indices, candidate flat indices), for drawing."""
     q = _as_tensor(query, torch.device("cpu"), torch.float32).reshape(-1, query.shape[-1])

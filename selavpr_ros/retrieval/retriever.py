@@ -14,46 +14,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 
 import faiss
 import numpy as np
 
-from selavpr_ros.config import check
 from selavpr_ros.errors import ConfigError
-from selavpr_ros.inference.extractor import Descriptors
 from selavpr_ros.mapdb.database import MapDatabase
 from selavpr_ros.mapdb.records import pool_local
+from selavpr_ros.retrieval.config import RetrievalConfig
 from selavpr_ros.retrieval.hamming import HammingIndex, row_selector
-from selavpr_ros.retrieval.local_matching import DEFAULT_BUDGET, mutual_nn_counts
-
-Stage = Literal["binary", "float", "local"]
-
-
-@dataclass
-class RetrievalConfig:
-    """Retrieval stages and their sizes."""
-
-    stages: list[Stage] = field(default_factory=lambda: ["binary", "float"])
-    k: int = 100  # candidates from the first stage
-    local_k: int = 20  # candidates re-ranked with local features
-    index: Literal["flat", "ivf"] = "flat"
-    ivf_nlist: int = 0  # 0: 4 * sqrt(N)
-    ivf_nprobe: int = 16
-    local_budget: int = DEFAULT_BUDGET  # similarity elements per chunk in local matching
-    local_device: str = "cpu"
-    local_half: bool = False
-
-    def __post_init__(self) -> None:
-        check(len(self.stages) > 0, "retrieval.stages must not be empty")
-        check(self.stages[0] in ("binary", "float"), "retrieval.stages must start with 'binary' or 'float'")
-        check(len(set(self.stages)) == len(self.stages), "retrieval.stages has duplicates")
-        order = ["binary", "float", "local"]
-        check(
-            [order.index(s) for s in self.stages] == sorted(order.index(s) for s in self.stages),
-            "retrieval.stages must keep the order binary, float, local",
-        )
-        check(self.k >= 1 and self.local_k >= 1, "retrieval.k and local_k must be >= 1")
+from selavpr_ros.retrieval.local_matching import mutual_nn_counts
+from selavpr_ros.types import Descriptors
 
 
 @dataclass

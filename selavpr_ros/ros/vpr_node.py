@@ -21,9 +21,10 @@ from std_srvs.srv import Trigger
 from selavpr_ros.errors import SelaVPRError
 from selavpr_ros.msg import LoopClosureCandidate, LoopClosureCandidateArray
 from selavpr_ros.node.params import PARAMS, SPECS, validate
-from selavpr_ros.node.pipeline import Frame, FrameOutcome, VPRPipeline, candidate_array_fields, stamp_ns
+from selavpr_ros.node.pipeline import Frame, FrameOutcome, VPRPipeline, candidate_array_fields
 from selavpr_ros.node.worker import LatestFrameWorker, diagnostic_status
 from selavpr_ros.srv import SaveMap, SetMode
+from selavpr_ros.types import stamp_ns
 
 
 def _descriptor(spec) -> ParameterDescriptor:

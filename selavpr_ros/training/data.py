@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from selavpr_ros.datasets.base import DatasetError, EvalSet, PlaceSet, PoseSet
+from selavpr_ros.datasets.base import EvalSet, PlaceSet, PoseSet
 from selavpr_ros.datasets.gsv_cities import load_gsv_cities
 from selavpr_ros.datasets.map_data import load_map_eval, load_map_places, load_map_poses
 from selavpr_ros.datasets.sequence import load_sequence_eval, load_sequence_places
 from selavpr_ros.datasets.utm import load_utm_eval, load_utm_places
-from selavpr_ros.errors import ImageError
+from selavpr_ros.errors import DatasetError, ImageError
 from selavpr_ros.inference.preprocess import load_image, preprocess
 from selavpr_ros.models.config import PreprocessConfig
 from selavpr_ros.training.augment import augment

@@ -38,7 +38,8 @@ from selavpr_ros.errors import CheckpointError, ConfigError
 from selavpr_ros.evaluation.recall import rank_binary, rank_float, recall_at
 from selavpr_ros.models.checkpoint import read_checkpoint, save_checkpoint
 from selavpr_ros.models.heads import binarize, pack_codes
-from selavpr_ros.models.vpr import SelaVPRPlusPlus, VPRModel
+from selavpr_ros.models.methods.selavprpp import SelaVPRPlusPlus, SelaVPRPlusPlusConfig
+from selavpr_ros.models.vpr import VPRModel
 from selavpr_ros.models.weights import create_model
 from selavpr_ros.training import losses as L
 from selavpr_ros.training.cache import TrunkCache, cache_key, trunk_fingerprint
@@ -109,8 +110,8 @@ class Trainer:
         self.loss_name = cfg.loss.name
         if self.loss_name == "auto":
             self.loss_name = "triplet" if self.model.config.method == "selavpr" else "multi_similarity"
-        pp = self.model.config.selavprpp
-        self.float_branch = pp is None or "float" in pp.branches  # hash-only SelaVPR++ ranks by its codes
+        opts = self.model.config.options  # a hash-only SelaVPR++ ranks by its codes
+        self.float_branch = not isinstance(opts, SelaVPRPlusPlusConfig) or "float" in opts.branches
         self.graded = self.loss_name in GRADED_LOSSES
         self.places: PlaceSet | None = None
         self.poses: PoseSet | None = None
@@ -204,7 +205,7 @@ class Trainer:
         with torch.no_grad():
             seed, taps, grid = self.model.trunk(torch.zeros(1, 3, h, w, device=self.device))
         entry = (1 + len(taps), seed.shape[1], seed.shape[2])
-        common = dict(trunk=fingerprint, preprocess=pre.__dict__, side_start=self.model.config.side_start,
+        common = dict(trunk=fingerprint, preprocess=pre.__dict__, side_start=self.model.side_start,
                       dtype=self.cfg.cache.dtype)
         specs = [
             ("train", self.train_source, self.views,

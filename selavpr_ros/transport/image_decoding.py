@@ -15,9 +15,10 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from selavpr_ros.errors import ImageError
+from selavpr_ros.imaging import decode_encoded, to_uint8
 
 # encoding -> (channels, bytes per channel, channel order)
 _RAW = {
@@ -39,6 +40,7 @@ _BAYER = {"rggb": ((0, 0), (1, 1)), "bggr": ((1, 1), (0, 0)), "gbrg": ((1, 0), (
 _YUV = {"yuv422": "uyvy", "uyvy": "uyvy", "yuv422_yuy2": "yuyv", "yuyv": "yuyv"}
 _DEPTH = {"16uc1", "32fc1", "16sc1", "32sc1", "64fc1"}
 
+COMPRESSED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
 SUPPORTED_ENCODINGS = sorted(list(_RAW) + [f"bayer_{p}{b}" for p in _BAYER for b in (8, 16)] + list(_YUV))
 
 
@@ -67,10 +69,6 @@ def _plane(msg, channels: int, depth: int) -> np.ndarray:
         return buf.reshape(h, w, channels)
     dtype = np.dtype(">u2" if msg.is_bigendian else "<u2")
     return np.ascontiguousarray(buf).view(dtype).reshape(h, w, channels)
-
-
-def _to8(x: np.ndarray) -> np.ndarray:
-    return (x >> 8).astype(np.uint8) if x.dtype.itemsize == 2 else x.astype(np.uint8)
 
 
 def _bayer(msg, pattern: str, depth: int) -> np.ndarray:
@@ -115,7 +113,7 @@ def decode_image(msg) -> np.ndarray:
         )
     if encoding in _RAW:
         channels, depth, order = _RAW[encoding]
-        img = _to8(_plane(msg, channels, depth))
+        img = to_uint8(_plane(msg, channels, depth))
         if order == "mono":
             return np.repeat(img, 3, axis=2)
         if order.startswith("bgr"):
@@ -129,26 +127,14 @@ def decode_image(msg) -> np.ndarray:
 
 
 def decode_compressed(msg) -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` (jpeg, png) -> (H, W, 3) uint8 RGB."""
+    """``sensor_msgs/CompressedImage`` (jpeg, png, webp, bmp, tiff) -> (H, W, 3) uint8 RGB."""
     fmt = str(msg.format).lower()
     if "compresseddepth" in fmt:
         raise ImageError(f"format {msg.format!r} is a compressed depth image, not a camera image")
     data = _bytes(msg.data)
     if len(data) == 0:
         raise ImageError("compressed image has no data")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format not in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
-                raise ImageError(f"unsupported compressed format {im.format} (declared {msg.format!r})")
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I"):
-                arr = np.asarray(im, dtype=np.uint32) >> 8
-                return np.repeat(arr.astype(np.uint8)[:, :, None], 3, axis=2)
-            return np.asarray(im.convert("RGB"))
-    except ImageError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"cannot decode compressed image (declared {msg.format!r}): {exc}") from None
+    return decode_encoded(data, f"compressed image (declared {msg.format!r})", formats=COMPRESSED_FORMATS)
 
 
 def decode_any(msg) -> np.ndarray:

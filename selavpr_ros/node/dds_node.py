@@ -19,9 +19,10 @@ import threading
 import time
 from typing import Any
 
-from selavpr_ros.node.pipeline import Frame, FrameOutcome, VPRPipeline, candidate_array_fields, header_fields, stamp_ns
+from selavpr_ros.node.pipeline import Frame, FrameOutcome, VPRPipeline, candidate_array_fields
 from selavpr_ros.node.worker import LatestFrameWorker, diagnostic_status
 from selavpr_ros.transport.msgtypes import dds_topic, dds_type, message, to_dds
+from selavpr_ros.types import header_fields, stamp_ns
 
 log = logging.getLogger(__name__)
 
