@@ -22,6 +22,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
+from selavpr_ros.transport.discovery import pin_loopback  # noqa: E402
+
+pin_loopback()  # DDS benchmarks stay on this machine
 
 DESIGN_PEAK_GFLOPS = 165.0  # DESIGN.md section 6, fp32 matmul on the 2-core reference machine
 DESIGN_MEM_GBPS = 17.0

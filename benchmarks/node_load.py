@@ -79,7 +79,7 @@ def main() -> None:
     frames = [np.asarray(Image.open(n).convert("RGB").resize((w, h), Image.Resampling.BILINEAR)) for n in names]
     domain = random.randint(100, 200)
     node = subprocess.Popen(
-        [sys.executable, "-m", "selavpr_ros", "node", "--domain-id", str(domain), "-p", "image_topic:=/camera/image",
+        [sys.executable, "-m", "selavpr_ros", "node", "--domain-id", str(domain), "-r", "image:=/camera/image",
          "-p", f"checkpoint:={ckpt}", "-p", f"map_path:={work / 'map'}", "-p", "device:=cpu",
          "-p", "loop_closure.keyframe.min_interval_s:=0.0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

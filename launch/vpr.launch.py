@@ -2,6 +2,10 @@
 
 Launch arguments override the parameter file (``params_file``, default the
 package's config/vpr.yaml); empty values keep the file's setting.
+``image_topic`` remaps the node's relative ``image`` topic, so namespaces
+and further remappings behave as in any ROS 2 node. Each argument is checked
+against the node's parameter table before the node starts: a bad value is
+reported by the argument's name.
 """
 
 from pathlib import Path
@@ -12,31 +16,53 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from selavpr_ros.errors import ConfigError
+from selavpr_ros.node.params import SPECS, parse_overrides
+
 ARGUMENTS = {
-    "image_topic": ("", "camera topic (sensor_msgs/Image, or CompressedImage with compressed:=true)"),
+    "image_topic": ("", "camera topic, remapped onto the node's 'image' (sensor_msgs/Image, or CompressedImage "
+                        "with compressed:=true)"),
     "compressed": ("", "true to subscribe to sensor_msgs/CompressedImage"),
     "map": ("", "map directory (created in mapping mode)"),
     "checkpoint": ("", "model checkpoint (.ckpt) or ONNX file; empty = built-in demo model"),
     "mode": ("", "mapping or localization"),
     "device": ("", "auto, cpu or cuda"),
+    "pose_source": ("", "none, tf or odom: where keyframe poses come from"),
     "namespace": ("", "namespace of the node and its relative topics"),
 }
 PARAMETER_OF = {"map": "map_path"}
+NOT_PARAMETERS = ("namespace", "image_topic")
+
+
+def _overrides(context) -> dict:
+    """Parameter values from the launch arguments, checked like ``-p NAME:=VALUE``."""
+    overrides = {}
+    for name in ARGUMENTS:
+        value = LaunchConfiguration(name).perform(context)
+        if not value or name in NOT_PARAMETERS:
+            continue
+        param = PARAMETER_OF.get(name, name)
+        try:
+            overrides.update(parse_overrides([f"{param}:={value}"]))
+        except ConfigError as exc:
+            choices = SPECS[param].choices
+            hint = f" (one of {', '.join(choices)})" if choices else ""
+            raise ConfigError(f"launch argument '{name}:={value}' is invalid{hint}: {exc}") from None
+    return overrides
 
 
 def _node(context, *_):
     params_file = LaunchConfiguration("params_file").perform(context)
-    overrides = {}
-    for name in ARGUMENTS:
-        value = LaunchConfiguration(name).perform(context)
-        if value and name != "namespace":
-            overrides[PARAMETER_OF.get(name, name)] = value.lower() == "true" if name == "compressed" else value
+    if not Path(params_file).expanduser().is_file():
+        raise ConfigError(f"launch argument 'params_file:={params_file}': no such file")
+    image_topic = LaunchConfiguration("image_topic").perform(context)
     return [Node(
         package="selavpr_ros",
         executable="vpr_node",
         name="vpr_node",
         namespace=LaunchConfiguration("namespace").perform(context),
-        parameters=[params_file, overrides],
+        parameters=[params_file, _overrides(context)],
+        remappings=[("image", image_topic)] if image_topic else [],
         output="screen",
         emulate_tty=True,
     )]

@@ -27,6 +27,10 @@ class ImageError(SelaVPRError, ValueError):
     """An image cannot be decoded or has an unsupported shape or encoding."""
 
 
+class StampError(SelaVPRError, ValueError):
+    """A frame's stamp is implausible for its stream (the node counts it as a bad frame)."""
+
+
 class MapError(SelaVPRError):
     """The map is missing, damaged, locked, or does not fit the request; says whether anything was lost."""
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -84,7 +85,10 @@ def decode_encoded(
     is_path = isinstance(source, (str, os.PathLike))
     name = name or (str(source) if is_path else "encoded image")
     try:
-        with Image.open(source if is_path else io.BytesIO(source)) as im:
+        with warnings.catch_warnings():  # the pixel budget below is the check; Pillow's warning is noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(source if is_path else io.BytesIO(source))
+        with im:
             if formats is not None and im.format not in formats:
                 raise ImageError(f"{name}: unsupported format {im.format} (accepted: {', '.join(formats)})")
             check_pixel_budget(im.height, im.width, max_pixels, name)

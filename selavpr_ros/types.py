@@ -150,11 +150,16 @@ class Descriptors:
 # -- keyframes ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Pose:
-    """Position (m) and orientation (unit quaternion x, y, z, w) in the map frame."""
+    """Position (m) and orientation (unit quaternion x, y, z, w) in the fixed frame ``frame_id``.
+
+    ``frame_id`` is the frame the pose is expressed in (REP 105: ``map`` or ``odom``,
+    ``enu`` for GNSS); empty when the source did not say.
+    """
 
     position: tuple[float, float, float]
     orientation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)
     covariance: tuple[float, ...] | None = None  # 6x6 row-major (x, y, z, rot x, rot y, rot z), as in ROS
+    frame_id: str = ""
 
     def yaw(self) -> float:
         x, y, z, w = self.orientation

@@ -11,6 +11,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 DATA = ROOT.parent / "shared" / "data" / "nordland64"
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Every DDS participant of the tests (ours, CycloneDDS's, ROS 2's) stays on loopback.
+from selavpr_ros.transport.discovery import pin_loopback  # noqa: E402
+
+pin_loopback()
 
 
 def tiny_config(method: str = "selavpr", height: int = 56, width: int = 84, registers: int = 0, **sections):
@@ -45,3 +49,34 @@ def nordland() -> Path:
             pytest.fail(f"real images not found at {DATA} (CI must have shared/ beside the checkout)")
         pytest.skip(f"real images not found at {DATA}")
     return DATA
+
+
+DEMO = ROOT / "selavpr_ros" / "data" / "nordland_demo"
+
+
+def demo_images(season: str, start: int = 0, n: int = 10, step: int = 1):
+    """Real Nordland frames bundled with the package (200 per season), as RGB arrays."""
+    import numpy as np
+    from PIL import Image
+
+    names = sorted((DEMO / season).glob("*.png"))[start : start + n * step : step]
+    return [np.asarray(Image.open(p).convert("RGB")) for p in names]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say in every run's summary whether the ROS 2 graph tests ran (they need a ROS 2 install)."""
+    ran = skipped = 0
+    reason = ""
+    for kind in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(kind, []):
+            if "test_ros2_graph" not in getattr(report, "nodeid", ""):
+                continue
+            if kind == "skipped":
+                skipped += 1
+                reason = reason or str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
+            elif report.when == "call" or kind == "error":
+                ran += 1
+    if ran:
+        terminalreporter.write_line(f"ROS 2 graph tests: {ran} ran against a real ROS 2 install")
+    elif skipped:
+        terminalreporter.write_line(f"ROS 2 graph tests: skipped ({reason})")

@@ -34,11 +34,12 @@ def _images(nordland: Path, season: str, start: int, n: int) -> list[np.ndarray]
     return [np.asarray(Image.open(p).convert("RGB")) for p in names]
 
 
-def _start_node(tmp_path: Path, domain: int, *params: str) -> subprocess.Popen:
+def _start_node(tmp_path: Path, domain: int, *params: str, remap: str = "") -> subprocess.Popen:
     cmd = [sys.executable, "-m", "selavpr_ros", "node", "--domain-id", str(domain), "--namespace", "robot1",
            "-p", f"map_path:={tmp_path / 'map'}", "-p", "device:=cpu", "-p", "loop_closure.consistency.n:=1",
            "-p", "loop_closure.keyframe.min_interval_s:=0.0", "-p", "loop_closure.exclusion.recent_s:=5.0",
-           "-p", "diagnostics_period_s:=0.2", *[a for p in params for a in ("-p", p)]]
+           "-p", "diagnostics_period_s:=0.2", *[a for p in params for a in ("-p", p)],
+           *(["-r", remap] if remap else [])]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -67,7 +68,7 @@ def _stop(proc: subprocess.Popen) -> dict:
 def test_node_over_dds_publishes_candidates(tmp_path, nordland, compressed):
     domain = random.randint(1, 200)
     proc = _start_node(tmp_path, domain, f"compressed:={'true' if compressed else 'false'}",
-                       "image_topic:=camera/image" + ("/compressed" if compressed else ""))
+                       remap="image:=camera/image" + ("/compressed" if compressed else ""))
     dp = DomainParticipant(domain)
     msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
     topic = "rt/robot1/camera/image" + ("/compressed" if compressed else "")
@@ -116,7 +117,7 @@ def test_node_over_dds_publishes_candidates(tmp_path, nordland, compressed):
 
 def test_node_drops_frames_when_the_stream_outpaces_inference(tmp_path, nordland):
     domain = random.randint(201, 230)
-    proc = _start_node(tmp_path, domain, "image_topic:=/cam")
+    proc = _start_node(tmp_path, domain, remap="image:=/cam")
     dp = DomainParticipant(domain)
     writer = DataWriter(dp, Topic(dp, "rt/cam", dds_type("sensor_msgs/msg/Image")), sensor_qos())
     try:
@@ -132,3 +133,59 @@ def test_node_drops_frames_when_the_stream_outpaces_inference(tmp_path, nordland
     assert stats["dropped"] > 0 and stats["processed"] < stats["received"]
     assert stats["received"] == stats["processed"] + stats["dropped"] + stats["bad_frames"]
     assert stats["latency_p95_ms"] < 2000  # answers stay fresh: no backlog builds up
+
+
+def test_node_takes_keyframe_poses_from_a_tf_stream(tmp_path):
+    """TF published next to the images: keyframes get the camera's pose in odom, and the motion gate works."""
+    import math
+
+    from conftest import demo_images
+
+    from selavpr_ros.mapdb.database import MapDatabase
+    from selavpr_ros.node.dds_node import static_qos
+
+    domain = random.randint(1, 200)
+    proc = _start_node(tmp_path, domain, "pose_source:=tf", "pose.fixed_frame:=odom",
+                       "loop_closure.keyframe.min_translation_m:=1.5", "pose.timeout_s:=1.0", remap="image:=/cam")
+    dp = DomainParticipant(domain)
+    tf_type = dds_type("tf2_msgs/msg/TFMessage")
+    images = DataWriter(dp, Topic(dp, "rt/cam", dds_type("sensor_msgs/msg/Image")), reliable_qos(50))
+    tf_writer = DataWriter(dp, Topic(dp, "rt/tf", tf_type), reliable_qos(100))
+    static_writer = DataWriter(dp, Topic(dp, "rt/tf_static", tf_type), static_qos())
+
+    def transform(parent, child, t_ns, x, yaw=0.0):
+        return message("geometry_msgs/msg/TransformStamped",
+                       header={"stamp": {"sec": t_ns // 10**9, "nanosec": t_ns % 10**9}, "frame_id": parent},
+                       child_frame_id=child,
+                       transform={"translation": {"x": x, "y": 0.0, "z": 0.0},
+                                  "rotation": {"z": math.sin(yaw / 2), "w": math.cos(yaw / 2)}})
+
+    def tf_msg(*ts):
+        return to_dds(message("tf2_msgs/msg/TFMessage", transforms=list(ts)), "tf2_msgs/msg/TFMessage")
+
+    frames = demo_images("summer", 0, 10, step=3)
+    try:
+        for w in (images, tf_writer, static_writer):
+            _wait_matched(w, "writer", proc)
+        static_writer.write(tf_msg(transform("base_link", "cam_optical", 0, 0.25)))
+        for i, rgb in enumerate(frames):  # the robot drives 1 m per image at 1 Hz; TF at 10 Hz
+            t = (100 + i) * 10**9
+            for k in range(10):
+                tf_writer.write(tf_msg(transform("odom", "base_link", t + k * 10**8, i + k / 10)))
+            tf_writer.write(tf_msg(transform("odom", "base_link", t + 10**9, i + 1.0)))
+            header = {"stamp": {"sec": t // 10**9, "nanosec": 0}, "frame_id": "cam_optical"}
+            images.write(to_dds(message("sensor_msgs/msg/Image", header=header, **encode_image(rgb)),
+                                "sensor_msgs/msg/Image"))
+            time.sleep(0.4)
+        time.sleep(1.0)
+    finally:
+        stats = _stop(proc)
+    assert stats["processed"] == len(frames) and stats["bad_frames"] == 0
+    with MapDatabase.open(tmp_path / "map") as db:
+        records = db.records(list(range(db.count)))
+    # 1 m per frame, min_translation_m 1.5: every other frame becomes a keyframe
+    assert [r.stamp_ns // 10**9 - 100 for r in records] == [0, 2, 4, 6, 8]
+    for r in records:
+        i = r.stamp_ns // 10**9 - 100
+        assert r.pose is not None and r.pose.frame_id == "odom"
+        assert r.pose.position[0] == pytest.approx(i + 0.25, abs=1e-6)  # base_link at i m, camera 0.25 m ahead

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from selavpr_ros.errors import ConfigError, MapError
-from selavpr_ros.node.params import PARAMS, load_params_file, loop_closure_config, validate
+from selavpr_ros.node.params import PARAMS, load_params_file, loop_closure_config, params_yaml, validate
 from selavpr_ros.node.pipeline import Frame, VPRPipeline, candidate_array_fields
 from selavpr_ros.node.worker import LatestFrameWorker, diagnostic_status
 from selavpr_ros.transport.image_decoding import encode_image
@@ -41,6 +41,8 @@ def params(tmp_path, **kw):
 def test_shipped_params_file_covers_every_parameter():
     values = load_params_file(ROOT / "config" / "vpr.yaml")
     assert values == validate({})  # the file states the defaults, nothing else
+    assert (ROOT / "config" / "vpr.yaml").read_text() == params_yaml()  # generated from the table
+    assert params_yaml().splitlines()[5] == "/**/vpr_node:"  # applies under any namespace
     assert {p.name for p in PARAMS} == set(values)
     assert all(p.description for p in PARAMS)
 
@@ -152,7 +154,7 @@ def test_worker_drops_instead_of_queueing_and_survives_bad_frames(tmp_path, nord
     assert s.dropped >= 30  # far more frames than the worker can take: most are replaced, none queue up
     assert s.processed + s.bad_frames + s.dropped == 60
     assert s.processed == len(done) and s.processed >= 3
-    status = diagnostic_status(s, pipe.db.count, "mapping")
+    status = diagnostic_status(worker.snapshot(), pipe.db.count, "mapping")
     values = {v["key"]: v["value"] for v in status["values"]}
     assert values["dropped"] == str(s.dropped) and values["map_size"] == str(pipe.db.count)
     if s.bad_frames:

@@ -84,7 +84,8 @@ def test_rclpy_node_uses_only_the_tested_core():
     tree = ast.parse((ROOT / "selavpr_ros" / "ros" / "vpr_node.py").read_text())
     ours = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module.startswith("selavpr_ros")}
     assert ours <= {"selavpr_ros.errors", "selavpr_ros.msg", "selavpr_ros.srv", "selavpr_ros.node.params",
-                    "selavpr_ros.node.pipeline", "selavpr_ros.node.worker"}
+                    "selavpr_ros.node.pipeline", "selavpr_ros.node.worker", "selavpr_ros.node.live_poses",
+                    "selavpr_ros.types"}
 
 
 def test_setup_installs_share_files_and_demo_data():

@@ -199,7 +199,9 @@ class PoseTrack:
                 out.append(None)
                 continue
             cov = None if self.covariances is None else tuple(float(v) for v in self.covariances[nearest[k]])
-            out.append(Pose(tuple(float(v) for v in pos[k]), tuple(float(v) for v in quat[k]), cov))
+            x, y, z = (float(v) for v in pos[k])
+            qx, qy, qz, qw = (float(v) for v in quat[k])
+            out.append(Pose((x, y, z), (qx, qy, qz, qw), cov, self.frame_id))
         return out
 
     def overlap(self, stamps_ns: np.ndarray | Sequence[int], max_gap_s: float | None = None) -> float:
@@ -334,10 +336,10 @@ def _navsat_track(topic: str, messages: _Messages) -> PoseTrack:
     order = np.argsort([r[0] for r in rows], kind="stable")
     arr = np.asarray(rows, np.float64)[order]
     stamps = np.asarray([rows[i][0] for i in order], np.int64)  # exact: float64 would round nanoseconds
-    alt = arr[:, 3]
-    finite = np.isfinite(alt)
-    alt = np.where(finite, alt, alt[finite][0] if finite.any() else 0.0)  # unknown altitude: stay level
-    enu = geodetic_to_enu(arr[:, 1], arr[:, 2], alt, (arr[0, 1], arr[0, 2], alt[0]))
+    alts = arr[:, 3]
+    finite = np.isfinite(alts)
+    alts = np.where(finite, alts, alts[finite][0] if finite.any() else 0.0)  # unknown altitude: stay level
+    enu = geodetic_to_enu(arr[:, 1], arr[:, 2], alts, (arr[0, 1], arr[0, 2], alts[0]))
     covariances = None
     if cov_known:
         c = np.zeros((len(rows), 6, 6))
@@ -364,7 +366,7 @@ class _Edge:
         return t[order], np.asarray(self.trans)[order], normalize_quats(np.asarray(self.rots))[order]
 
 
-def _transform_parts(tf) -> tuple[str, str, list[float], list[float]]:
+def transform_parts(tf) -> tuple[str, str, list[float], list[float]]:
     tr, ro = tf.transform.translation, tf.transform.rotation
     return (str(tf.header.frame_id).lstrip("/"), str(tf.child_frame_id).lstrip("/"),
             [float(tr.x), float(tr.y), float(tr.z)], [float(ro.x), float(ro.y), float(ro.z), float(ro.w)])
@@ -376,7 +378,7 @@ def _read_edges(messages: _Messages) -> tuple[dict[str, _Edge], int]:
     conflicts = 0
     for bag_time, msg in messages:
         for tf in msg.transforms:
-            parent, child, t, q = _transform_parts(tf)
+            parent, child, t, q = transform_parts(tf)
             edge = edges.setdefault(child, _Edge(parent, [], [], []))
             if edge.parent != parent:
                 conflicts += 1

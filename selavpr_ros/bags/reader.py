@@ -205,7 +205,7 @@ class ImageStream(Iterator[BagImage]):
             self.read += 1
             source = _source(conn, names)
             try:
-                msg = reader.deserialize(raw, conn.msgtype)
+                msg: Any = reader.deserialize(raw, conn.msgtype)  # a dynamic message class
                 stamp = stamp_ns(msg)
                 frame_id = str(msg.header.frame_id)
             except Exception as exc:  # one corrupt record must not end the bag

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from selavpr_ros.errors import BagError
 from selavpr_ros.types import Pose, header_fields
 
 STORAGES = ("sqlite3", "mcap")
-ROSBAG2_VERSION = 8  # the oldest rosbags writes (8 or 9): the widest choice of readers
+ROSBAG2_VERSION: Literal[8, 9] = 8  # the oldest rosbags writes (8 or 9): the widest choice of readers
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
 ODOMETRY = "nav_msgs/msg/Odometry"

@@ -97,9 +97,9 @@ def summarize(result, out: Path, model_id: str) -> dict:
                 accepted += 1
                 correct_accepted += abs(f - q) <= TOLERANCE
                 closures.append((int(q), int(f), c.score, abs(f - q) <= TOLERANCE))
-    ranks = np.asarray(ranks)
-    recall = {n: float(100 * np.mean(ranks < n)) for n in (1, 5)}
-    return {"queries": len(ranks), "recall": recall, "accepted": accepted,
+    rank_arr = np.asarray(ranks)
+    recall = {n: float(100 * np.mean(rank_arr < n)) for n in (1, 5)}
+    return {"queries": len(rank_arr), "recall": recall, "accepted": accepted,
             "precision": 100.0 * correct_accepted / accepted if accepted else float("nan"),
             "closures": closures, "stage_ms": result.stage_ms(), "bad_frames": result.bad_frames,
             "out": str(out), "model": model_id}

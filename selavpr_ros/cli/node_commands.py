@@ -13,21 +13,27 @@ DESCRIPTION = """\
 Run the place-recognition node on a live camera topic without ROS 2: the same
 pipeline as `ros2 launch selavpr_ros vpr.launch.py`, talking to ROS 2 nodes
 (rmw_cyclonedds_cpp, same ROS_DOMAIN_ID) or to other DDS programs. It
-subscribes to sensor_msgs/Image (or CompressedImage), publishes
-selavpr_ros/LoopClosureCandidateArray and diagnostic_msgs/DiagnosticArray on
-/diagnostics, and flushes the map on Ctrl-C.
+subscribes to sensor_msgs/Image (or CompressedImage) on `image`, publishes
+selavpr_ros/LoopClosureCandidateArray on `loop_closures` and
+diagnostic_msgs/DiagnosticArray on /diagnostics, reads poses from /tf or `odom`
+(pose_source), and flushes the map on Ctrl-C. Topic names are relative:
+remap them as with ros2 run (-r image:=/camera/image_raw) or set --namespace.
+Discovery honours ROS_AUTOMATIC_DISCOVERY_RANGE and ROS_LOCALHOST_ONLY.
+
+example:
+  selavpr-ros node --params config/vpr.yaml -r image:=/camera/image_raw -p map_path:=~/maps/lab
 """
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from selavpr_ros.node.dds_node import DDSNode
+    from selavpr_ros.node.dds_node import DDSNode, parse_remaps
     from selavpr_ros.node.params import load_params_file, parse_overrides, validate
     from selavpr_ros.node.pipeline import VPRPipeline
 
     params = load_params_file(args.params) if args.params else validate({})
     params = validate({**params, **parse_overrides(args.param)})
     pipeline = VPRPipeline(params)
-    node = DDSNode(pipeline, namespace=args.namespace, domain_id=args.domain_id)
+    node = DDSNode(pipeline, namespace=args.namespace, domain_id=args.domain_id, remaps=parse_remaps(args.remap))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -38,7 +44,7 @@ def cmd_node(args: argparse.Namespace) -> int:
                 break
     finally:
         node.close()
-        stats = node.worker.stats.summary()
+        stats = node.worker.snapshot()
         stats["published"] = node.published
         stats["map_size"] = pipeline.db.count
         pipeline.close()
@@ -54,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--params", help="ROS 2 parameter file (e.g. config/vpr.yaml); defaults otherwise")
     p.add_argument("-p", "--param", action="append", metavar="NAME:=VALUE",
                    help="override one parameter, as `ros2 run ... --ros-args -p` does")
+    p.add_argument("-r", "--remap", action="append", metavar="FROM:=TO",
+                   help="remap a topic, as `ros2 run ... --ros-args -r` does (image, loop_closures, odom)")
     p.add_argument("--namespace", default="", help="node namespace for relative topic names")
     p.add_argument("--domain-id", type=int, default=int(os.environ.get("ROS_DOMAIN_ID", "0")), help="DDS domain")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = run until Ctrl-C)")

@@ -84,7 +84,9 @@ class PlaceSet:
         """Yield (image indices, labels) for one epoch: each place once, places in a batch far apart."""
         pool = list(rng.permutation(self.places))
         while len(pool) >= places_per_batch:
-            chosen, skipped, i = [], [], 0
+            chosen: list[int] = []
+            skipped: list[int] = []
+            i = 0
             while i < len(pool) and len(chosen) < places_per_batch:
                 p = pool[i]
                 if self._far_from(p, chosen):

@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,16 +29,16 @@ from selavpr_ros.errors import DatasetError
 from selavpr_ros.evaluation.recall import recall_at
 from selavpr_ros.inference.base import Extractor
 from selavpr_ros.mapdb.database import MapDatabase
-from selavpr_ros.retrieval.config import STAGE_ORDER, RetrievalConfig
+from selavpr_ros.retrieval.config import STAGE_ORDER, RetrievalConfig, Stage
 from selavpr_ros.retrieval.retriever import Retriever
 from selavpr_ros.types import Descriptors, KeyframeRecord
 
 LAYOUTS = ("utm", "sequence", "precomputed", "map")
 
 
-def pipeline_up_to(stage: str) -> list[str]:
+def pipeline_up_to(stage: Stage) -> list[Stage]:
     """The retrieval stages that end at ``stage``: binary -> [binary], float -> [binary, float], ..."""
-    return list(STAGE_ORDER[: STAGE_ORDER.index(stage) + 1])  # type: ignore[arg-type]
+    return list(STAGE_ORDER[: STAGE_ORDER.index(stage) + 1])
 STAGE_NAMES = {"binary": "binary", "float": "+ float re-rank", "local": "+ local re-rank"}
 
 
@@ -170,7 +171,7 @@ class EvalReport:
     example_query: int = -1
 
 
-def evaluate(extractor: Extractor, ev: EvalSet, stages: list[str], ns: tuple[int, ...] = (1, 5, 10, 20),
+def evaluate(extractor: Extractor, ev: EvalSet, stages: Sequence[Stage], ns: tuple[int, ...] = (1, 5, 10, 20),
              batch_size: int = 32, k: int = 100, local_k: int = 20, work_dir: Path | None = None,
              progress: bool = True) -> tuple[EvalReport, dict[str, Any]]:
     """Recall, latency and size figures for ``stages`` (a prefix of binary, float, local)."""
@@ -208,7 +209,7 @@ def evaluate(extractor: Extractor, ev: EvalSet, stages: list[str], ns: tuple[int
     return report, {"rankings": rankings, "query_desc": q_desc, "db_desc": db_desc}
 
 
-def _latency_vs_size(db: MapDatabase, queries: Descriptors, stages: list[str], k: int) -> list[dict[str, Any]]:
+def _latency_vs_size(db: MapDatabase, queries: Descriptors, stages: Sequence[Stage], k: int) -> list[dict[str, Any]]:
     """Per-query latency of each stage on growing prefixes of the map (a quarter, a half, all)."""
     rows = []
     n = db.count

@@ -54,7 +54,7 @@ def preprocess(image: np.ndarray | str | os.PathLike, config: PreprocessConfig, 
         pil = pil.crop(center_crop_box(rgb.shape[0], rgb.shape[1], config.height, config.width))
     if pil.size != (config.width, config.height):
         pil = pil.resize((config.width, config.height), _RESAMPLE[config.interpolation])
-    x = np.asarray(pil, dtype=np.float32) / 255.0
+    x: np.ndarray = np.asarray(pil, dtype=np.float32) / 255.0
     if config.normalize == "per_image":
         x = (x - x.mean()) / (x.std() + 1e-3)
     else:

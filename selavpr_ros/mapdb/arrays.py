@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from selavpr_ros.errors import DiskFullError, MapError
 
@@ -22,7 +23,7 @@ DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 class RowArray:
     """A file of rows with ``dtype`` and per-row ``shape``; rows ``[0, n)`` are committed."""
 
-    def __init__(self, path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    def __init__(self, path: Path, dtype: npt.DTypeLike, shape: tuple[int, ...]) -> None:
         self.path = Path(path)
         self.dtype = np.dtype(dtype)
         self.shape = tuple(shape)
@@ -57,7 +58,7 @@ class RowArray:
         data = np.ascontiguousarray(rows, dtype=self.dtype)
         if data.shape[1:] != self.shape:
             raise MapError(f"{self.path.name}: rows have shape {data.shape[1:]}, the map stores {self.shape}")
-        buf = memoryview(data.reshape(-1).view(np.uint8))
+        buf = data.reshape(-1).view(np.uint8).data  # a byte memoryview of the contiguous rows
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
             offset = start * self.row_bytes

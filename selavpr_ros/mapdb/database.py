@@ -22,6 +22,7 @@ import datetime as _dt
 import fcntl
 import json
 import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -38,6 +39,19 @@ from selavpr_ros.mapdb.records import FLAG_HAS_POSE, ROW_META, StorageConfig, St
 from selavpr_ros.types import DescriptorLayout, Descriptors, KeyframeRecord, Pose
 
 SCHEMA_VERSION = 1
+
+
+class _limited:
+    """A read-only file view of the first ``size`` bytes (for copying committed rows only)."""
+
+    def __init__(self, f, size: int) -> None:
+        self.f, self.left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        self.left -= len(data)
+        return data
 DB_NAME = "map.sqlite"
 LOCK_NAME = "writer.lock"
 
@@ -61,7 +75,8 @@ CREATE TABLE keyframes (
     image_ref TEXT NOT NULL DEFAULT '',
     px REAL, py REAL, pz REAL, qx REAL, qy REAL, qz REAL, qw REAL,
     covariance BLOB,
-    deleted INTEGER NOT NULL DEFAULT 0
+    deleted INTEGER NOT NULL DEFAULT 0,
+    pose_frame TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX keyframes_session ON keyframes(session_id);
 CREATE INDEX keyframes_deleted ON keyframes(deleted) WHERE deleted = 1;
@@ -69,7 +84,7 @@ CREATE INDEX keyframes_deleted ON keyframes(deleted) WHERE deleted = 1;
 
 _KEYFRAME_COLUMNS = (
     "k.id, k.row, s.name, k.stamp_ns, k.frame_id, k.source, k.topic, k.image_ref, "
-    "k.px, k.py, k.pz, k.qx, k.qy, k.qz, k.qw, k.covariance"
+    "k.px, k.py, k.pz, k.qx, k.qy, k.qz, k.qw, k.covariance, {pose_frame}"
 )
 
 
@@ -215,6 +230,13 @@ class MapDatabase:
             array.check(self.info.count)
         self._deleted = {r for (r,) in self._conn.execute("SELECT row FROM keyframes WHERE deleted = 1")}
         self._sessions = {name: sid for sid, name in self._conn.execute("SELECT id, name FROM sessions")}
+        # The frame of each pose (REP 105) came after schema 1's first release: an additive column,
+        # added when a writer opens an older map; readers of such a map see it empty.
+        columns = {c[1] for c in self._conn.execute("PRAGMA table_info(keyframes)")}
+        if "pose_frame" not in columns and self.writable:
+            self._conn.execute("ALTER TABLE keyframes ADD COLUMN pose_frame TEXT NOT NULL DEFAULT ''")
+            columns.add("pose_frame")
+        self._columns = _KEYFRAME_COLUMNS.format(pose_frame="k.pose_frame" if "pose_frame" in columns else "''")
 
     @property
     def arrays(self) -> dict[str, RowArray]:
@@ -290,7 +312,9 @@ class MapDatabase:
                 cur = self._conn.execute(
                     "INSERT INTO sessions (name, source, created) VALUES (?, ?, ?)", (name, source, _now())
                 )
-                self._sessions[name] = int(cur.lastrowid)
+                rowid = cur.lastrowid
+                assert rowid is not None  # set by the INSERT just above
+                self._sessions[name] = int(rowid)
             return self._sessions[name]
 
     def _validate(self, desc: Descriptors, records: Sequence[KeyframeRecord]) -> None:
@@ -345,6 +369,7 @@ class MapDatabase:
                 self._arrays["codes"].write_rows(start, desc.codes)
                 self._arrays["float"].write_rows(start, desc.descriptors)
                 if "local" in self._arrays:
+                    assert desc.local_features is not None  # _validate requires them when the map stores local
                     self._arrays["local"].write_rows(start, encode_local(desc.local_features, self.info.stored.storage))
                 self._arrays["rows"].write_rows(start, rows_meta)
                 self._commit(start, ids, sid, records)
@@ -364,14 +389,15 @@ class MapDatabase:
             ori = p.orientation if p else (None, None, None, None)
             cov = np.asarray(p.covariance, "<f8").tobytes() if p is not None and p.covariance is not None else None
             values.append(
-                (kid, start + i, sid, int(r.stamp_ns), r.frame_id, r.source, r.topic, r.image_ref, *pos, *ori, cov)
+                (kid, start + i, sid, int(r.stamp_ns), r.frame_id, r.source, r.topic, r.image_ref, *pos, *ori, cov,
+                 p.frame_id if p else "")
             )
         new_count = start + len(records)
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(
                 "INSERT INTO keyframes (id, row, session_id, stamp_ns, frame_id, source, topic, image_ref, "
-                "px, py, pz, qx, qy, qz, qw, covariance) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "px, py, pz, qx, qy, qz, qw, covariance, pose_frame) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 values,
             )
             self._conn.execute("UPDATE meta SET value = ? WHERE key = 'count'", (str(new_count),))
@@ -385,6 +411,43 @@ class MapDatabase:
             raise MapError(f"{self.path}: could not commit ({exc}); nothing was added") from None
         self.info.count = new_count
         self._next_id = ids[-1] + 1
+
+    def snapshot(self, dest: str | os.PathLike) -> int:
+        """Copy the committed map to the new directory ``dest``; returns the entries copied.
+
+        Safe while this process keeps adding: the metadata is copied with
+        SQLite's online backup (a consistent state, under the map's mutex for
+        just that step), then exactly that many rows of each append-only array,
+        which later adds never rewrite. The copy appears under its name only
+        when complete.
+        """
+        dest = Path(dest).expanduser()
+        if dest.exists():
+            raise MapError(f"{dest} exists; choose a new directory for the copy")
+        partial = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            with self._mutex:
+                target = sqlite3.connect(partial / DB_NAME)
+                try:
+                    self._conn.backup(target)
+                    count = int(target.execute("SELECT value FROM meta WHERE key = 'count'").fetchone()[0])
+                finally:
+                    target.close()
+                arrays = [(a.path, a.row_bytes) for a in self._arrays.values()]
+            for path, row_bytes in arrays:
+                with open(path, "rb") as src, open(partial / path.name, "wb") as out:
+                    shutil.copyfileobj(_limited(src, count * row_bytes), out)
+                    out.flush()
+                    os.fsync(out.fileno())
+            if (self.path / "images").is_dir():
+                shutil.copytree(self.path / "images", partial / "images")
+            os.replace(partial, dest)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        return count
 
     def delete_session(self, name: str) -> int:
         """Mark a session's keyframes deleted (search skips them; ``compact`` reclaims space)."""
@@ -490,7 +553,7 @@ class MapDatabase:
             mask[np.fromiter(self._deleted, np.int64, len(self._deleted))] = False
         return mask
 
-    def rows_of(self, keyframe_ids: Sequence[int]) -> np.ndarray:
+    def rows_of(self, keyframe_ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Row indices of keyframe ids (ids are sorted by row, so this is a binary search)."""
         ids = self.rows["keyframe_id"]
         pos = np.searchsorted(ids, keyframe_ids)
@@ -502,14 +565,14 @@ class MapDatabase:
 
     def get(self, keyframe_id: int) -> KeyframeRecord:
         row = self._conn.execute(
-            f"SELECT {_KEYFRAME_COLUMNS} FROM keyframes k JOIN sessions s ON s.id = k.session_id WHERE k.id = ?",
+            f"SELECT {self._columns} FROM keyframes k JOIN sessions s ON s.id = k.session_id WHERE k.id = ?",
             (int(keyframe_id),),
         ).fetchone()
         if row is None:
             raise MapError(f"{self.path}: no keyframe with id {keyframe_id}")
         return self._record(row)
 
-    def records(self, rows: Sequence[int]) -> list[KeyframeRecord]:
+    def records(self, rows: Sequence[int] | np.ndarray) -> list[KeyframeRecord]:
         """Metadata of several rows, in the given order."""
         rows = [int(r) for r in rows]
         if not rows:
@@ -518,7 +581,7 @@ class MapDatabase:
         for s in range(0, len(rows), 900):
             chunk = rows[s : s + 900]
             q = (
-                f"SELECT {_KEYFRAME_COLUMNS} FROM keyframes k JOIN sessions s ON s.id = k.session_id "
+                f"SELECT {self._columns} FROM keyframes k JOIN sessions s ON s.id = k.session_id "
                 f"WHERE k.row IN ({','.join('?' * len(chunk))})"
             )
             for r in self._conn.execute(q, chunk):
@@ -531,7 +594,7 @@ class MapDatabase:
         last = -1
         while True:
             rows = self._conn.execute(
-                f"SELECT {_KEYFRAME_COLUMNS} FROM keyframes k JOIN sessions s ON s.id = k.session_id "
+                f"SELECT {self._columns} FROM keyframes k JOIN sessions s ON s.id = k.session_id "
                 f"WHERE k.row > ? AND k.row < ? {where} ORDER BY k.row LIMIT ?",
                 (last, self.info.count, batch),
             ).fetchall()
@@ -541,24 +604,24 @@ class MapDatabase:
                 yield self._record(r)
             last = rows[-1][1]
 
-    def descriptors(self, rows: Sequence[int]) -> Descriptors:
+    def descriptors(self, rows: Sequence[int] | np.ndarray) -> Descriptors:
         """Stored descriptors of ``rows`` as float32 (local features decoded, on the stored grid)."""
-        rows = np.asarray(rows, np.int64)
+        idx = np.asarray(rows, np.int64)
         local = self.local_features
         return Descriptors(
-            np.asarray(self.codes[rows]),
-            np.asarray(self.float_descriptors[rows], np.float32),
-            np.zeros((len(rows), 0), np.float32),
-            None if local is None else decode_local(np.asarray(local[rows])),
+            np.asarray(self.codes[idx]),
+            np.asarray(self.float_descriptors[idx], np.float32),
+            np.zeros((len(idx), 0), np.float32),
+            None if local is None else decode_local(np.asarray(local[idx])),
         )
 
     @staticmethod
     def _record(row: tuple) -> KeyframeRecord:
-        kid, r, session, stamp, frame_id, source, topic, image_ref, px, py, pz, qx, qy, qz, qw, cov = row
+        kid, r, session, stamp, frame_id, source, topic, image_ref, px, py, pz, qx, qy, qz, qw, cov, frame = row
         pose = None
         if px is not None:
             covariance = tuple(np.frombuffer(cov, "<f8").tolist()) if cov is not None else None
-            pose = Pose((px, py, pz), (qx, qy, qz, qw), covariance)
+            pose = Pose((px, py, pz), (qx, qy, qz, qw), covariance, frame)
         return KeyframeRecord(
             stamp_ns=stamp,
             frame_id=frame_id,

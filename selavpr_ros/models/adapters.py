@@ -84,6 +84,7 @@ class MultiConvAdapter(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.constant_(module.weight, 1e-5)
+                assert module.bias is not None  # every ConvBNReLU conv has a bias
                 nn.init.constant_(module.bias, 1e-5)
 
 

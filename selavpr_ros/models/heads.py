@@ -124,6 +124,8 @@ class SignRandomProjection(nn.Module):
     seed and stored with the model, so maps and queries always agree.
     """
 
+    projection: Tensor  # a buffer (registered in __init__)
+
     def __init__(self, dim: int, bits: int, seed: int = 0) -> None:
         super().__init__()
         self.seed = seed

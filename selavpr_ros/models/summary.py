@@ -129,8 +129,8 @@ def format_summary(summary: ModelSummary) -> str:
         f"  descriptors     {layout.float_dim} x float32, L2-normalised",
     ]
     if layout.has_local:
-        g = layout.local_grid
-        lines.append(f"  local_features  {g[0]} x {g[1]} x {layout.local_dim} float32, L2-normalised per location")
+        gh, gw = layout.local_grid
+        lines.append(f"  local_features  {gh} x {gw} x {layout.local_dim} float32, L2-normalised per location")
     macs = estimate_macs(cfg)
     detail = ", ".join(f"{k} {2 * v / 1e9:.1f}" for k, v in macs.items())
     lines += ["", f"compute     {2 * sum(macs.values()) / 1e9:.1f} GFLOP per image ({detail})"]

@@ -124,6 +124,8 @@ class DinoVisionTransformer(nn.Module):
     order over an ``(H/14) x (W/14)`` grid. ``num_prefix_tokens`` is ``1 + registers``.
     """
 
+    _pos_cache: Tensor  # a non-persistent buffer (registered in __init__)
+
     def __init__(
         self,
         embed_dim: int,

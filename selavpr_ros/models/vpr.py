@@ -51,6 +51,8 @@ def build_backbone(config: ModelConfig) -> DinoVisionTransformer:
 class VPRModel(nn.Module):
     """Base class: a frozen DINOv2 trunk plus method-specific trainable parts."""
 
+    checkpoint_fingerprint: str  # set by Checkpoint.build on models loaded from a checkpoint
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -71,6 +73,7 @@ class VPRModel(nn.Module):
     def forward(self, images: Tensor) -> VPROutput:
         descriptors, hash_z, local = self.encode(images)
         if hash_z is None:
+            assert self.code_projection is not None  # set whenever the method has no learned codes
             hash_z = self.code_projection(descriptors)
         return VPROutput(pack_codes(hash_z), descriptors, hash_z, local)
 
@@ -87,8 +90,9 @@ class VPRModel(nn.Module):
     def init_trainable(self) -> VPRModel:
         """Initialise adapters so that training starts from the plain foundation model."""
         for module in self.modules():
-            if hasattr(module, "zero_init"):
-                module.zero_init()
+            zero_init = getattr(module, "zero_init", None)
+            if zero_init is not None:
+                zero_init()
         return self
 
     def grid(self, images: Tensor) -> tuple[int, int]:

@@ -41,11 +41,8 @@ class ParamSpec:
 
 INF = math.inf
 PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("image_topic", "/camera/image_raw", "Camera topic (sensor_msgs/Image, or CompressedImage with "
-              "compressed: true; for image_transport topics give the .../compressed name)", read_only=True),
-    ParamSpec("compressed", False, "Subscribe to sensor_msgs/CompressedImage instead of Image", read_only=True),
-    ParamSpec("output_topic", "loop_closures", "Topic of selavpr_ros/LoopClosureCandidateArray (reliable)",
-              read_only=True),
+    ParamSpec("compressed", False, "Subscribe to sensor_msgs/CompressedImage instead of Image on the 'image' topic "
+              "(remap it, e.g. image:=/camera/image_raw/compressed)", read_only=True),
     ParamSpec("checkpoint", "", "Model: a .ckpt/.pt checkpoint or .onnx file; empty = the built-in demo model",
               read_only=True),
     ParamSpec("device", "auto", "Inference device", choices=("auto", "cpu", "cuda"), read_only=True),
@@ -56,6 +53,18 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("session", "live", "Map session that mapping mode appends to"),
     ParamSpec("frame_id", "", "Camera frame for the candidates' header; empty = the image's frame_id"),
     ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics messages (s)", 0.1, 60.0),
+    ParamSpec("max_image_pixels", 25_000_000, "Refuse frames with more pixels than this, before decoding them "
+              "(bounds memory against hostile or broken streams)", 1, 1_000_000_000),
+    ParamSpec("max_stamp_jump_s", 3600.0, "A frame stamped this far from the time its stream should have now is "
+              "held back until 5 frames confirm the new time (a clock reset); 0 = accept any stamp", 0.0, INF),
+    ParamSpec("pose_source", "none", "Where keyframe poses come from: none, tf (fixed_frame -> camera frame at "
+              "the image stamp) or odom (nav_msgs/Odometry on the 'odom' topic)", choices=("none", "tf", "odom"),
+              read_only=True),
+    ParamSpec("pose.fixed_frame", "odom", "Frame the stored poses are expressed in (REP 105: odom, or map when a "
+              "localiser publishes map -> odom)", read_only=True),
+    ParamSpec("pose.camera_frame", "", "Frame whose pose is stored; empty = the image's frame_id", read_only=True),
+    ParamSpec("pose.timeout_s", 0.2, "How long a frame waits for the pose at its stamp to arrive (s)", 0.0, 5.0),
+    ParamSpec("pose.max_gap_s", 0.5, "Longest gap between pose samples to interpolate across (s)", 0.001, 60.0),
     ParamSpec("loop_closure.min_score", 0.5, "Minimum cosine similarity of an accepted match", -1.0, 1.0),
     ParamSpec("loop_closure.min_local_matches", 0, "Minimum mutual-nearest-neighbour count (local stage)", 0, 100000),
     ParamSpec("loop_closure.top_n", 3, "Candidates reported per query", 1, 100),
@@ -154,16 +163,71 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def load_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
-    """Validated parameters from a ROS 2 parameter file (``node: {ros__parameters: {...}}``)."""
+    """Validated parameters from a ROS 2 parameter file (``/**/vpr_node: {ros__parameters: {...}}``).
+
+    Accepts the node name as rcl matches it in any namespace: ``vpr_node``,
+    ``/vpr_node``, ``/**/vpr_node`` and ``/**``.
+    """
     data = load_yaml(Path(path))
     section = None
-    for key in (node_name, f"/{node_name}", "/**"):
+    for key in (f"/**/{node_name}", node_name, f"/{node_name}", "/**"):
         if isinstance(data.get(key), dict) and "ros__parameters" in data[key]:
             section = data[key]["ros__parameters"]
             break
     if section is None:
-        raise ConfigError(f"{path}: no '{node_name}: ros__parameters:' section (found: {', '.join(map(str, data))})")
+        raise ConfigError(
+            f"{path}: no '/**/{node_name}: ros__parameters:' section (found: {', '.join(map(str, data))})"
+        )
     try:
         return validate(flatten(section))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def params_yaml(node_name: str = NODE_NAME) -> str:
+    """The parameter file that states every default, with each description and range as a comment.
+
+    ``config/vpr.yaml`` is this text (a test checks it), so the file and the table never drift.
+    """
+
+    def value_text(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            return f'"{value}"'
+        return repr(value)
+
+    def bounds(spec: ParamSpec) -> str:
+        parts = []
+        if spec.choices:
+            parts.append(f"({' | '.join(spec.choices)})")
+        if spec.min is not None and spec.max is not None:
+            hi = "inf" if spec.max == INF else f"{spec.max:g}"
+            parts.append(f"[{spec.min:g}, {hi}]")
+        if spec.read_only:
+            parts.append("(start-up)")
+        return (" " + " ".join(parts)) if parts else ""
+
+    lines = [
+        f"# Parameters of {node_name} (ROS 2 parameter-file format), generated from selavpr_ros/node/params.py.",
+        "#   ros2 launch selavpr_ros vpr.launch.py params_file:=config/vpr.yaml",
+        "#   selavpr-ros node --params config/vpr.yaml            (no ROS 2 needed)",
+        "# Ranges are enforced; (start-up) parameters take effect only when the node starts.",
+        "# '/**/vpr_node' applies the file to the node in any namespace.",
+        f"/**/{node_name}:",
+        "  ros__parameters:",
+    ]
+    opened: list[str] = []
+    for spec in PARAMS:
+        *groups, leaf = spec.name.split(".")
+        common = 0
+        while common < min(len(groups), len(opened)) and groups[common] == opened[common]:
+            common += 1
+        opened = opened[:common]
+        for group in groups[common:]:
+            lines.append("    " + "  " * len(opened) + f"{group}:")
+            opened.append(group)
+        indent = "    " + "  " * len(opened)
+        lines.append(f"{indent}# {spec.description}{bounds(spec)}")
+        lines.append(f"{indent}{leaf}: {value_text(spec.default)}")
+    return "\n".join(lines) + "\n"

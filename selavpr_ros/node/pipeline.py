@@ -6,16 +6,16 @@ demo all drive this class, so everything the robot runs is exercised here.
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from selavpr_ros.errors import MapError
+from selavpr_ros.errors import MapError, StampError
 from selavpr_ros.inference.base import Extractor
 from selavpr_ros.inference.loader import open_extractor
 from selavpr_ros.loop_closure.config import LoopClosureConfig
@@ -66,8 +66,63 @@ def open_map(path: str | Path, extractor: Extractor, mode: str, storage=None) ->
     return db
 
 
+class StampGuard:
+    """Keeps one wild header stamp from poisoning the keyframe gate and the exclusion window.
+
+    A frame's stamp is expected near the last accepted stamp plus the time
+    that passed since it was received; a frame more than ``max_jump_ns`` from
+    that (say sec = 2^31 - 1, or 1970 stamps from a replayed bag amid live
+    frames) is held back. When ``confirm`` frames in a row agree on a new time,
+    the clock really was reset (a restarted bag or simulator): the stream's time
+    moves there and :meth:`check` says so, so the caller restarts its gate.
+    A robot that pauses its camera for hours is not affected: wall time passed too.
+    """
+
+    def __init__(self, max_jump_ns: int, confirm: int = 5) -> None:
+        self.max_jump_ns = max_jump_ns
+        self.confirm = confirm
+        self.last: tuple[int, float] | None = None  # (stamp, monotonic receive time) of the last accepted frame
+        self._candidate: list[tuple[int, float]] = []
+        self.held_back = 0
+        self.resets = 0
+
+    @property
+    def last_ns(self) -> int | None:
+        return None if self.last is None else self.last[0]
+
+    def _expected(self, ref: tuple[int, float], received: float) -> int:
+        return ref[0] + int(max(received - ref[1], 0.0) * 1e9)
+
+    def check(self, stamp: int, received: float | None = None) -> str:
+        """``"ok"``, ``"reset"`` (a new time base was confirmed) or ``"jump"`` (hold this frame back).
+
+        ``received`` is the frame's ``time.monotonic()`` arrival time (default: now).
+        """
+        received = time.monotonic() if received is None else received
+        if self.max_jump_ns <= 0 or self.last is None or \
+                abs(stamp - self._expected(self.last, received)) <= self.max_jump_ns:
+            if self.last is None or stamp >= self.last[0]:
+                self.last = (stamp, received)
+            self._candidate.clear()
+            return "ok"
+        if self._candidate and abs(stamp - self._expected(self._candidate[-1], received)) > self.max_jump_ns:
+            self._candidate.clear()
+        self._candidate.append((stamp, received))
+        if len(self._candidate) >= self.confirm:
+            self.last = max(self._candidate)
+            self._candidate.clear()
+            self.resets += 1
+            return "reset"
+        self.held_back += 1
+        return "jump"
+
+
 class VPRPipeline:
-    """Extractor + map + loop-closure engine, with the node's services (mode, save, reset)."""
+    """Extractor + map + loop-closure engine, with the node's services (mode, save, reset).
+
+    ``pose_lookup(frame)``, when set by a transport, gives the pose of a frame
+    that arrived without one (from TF or odometry); it may wait briefly.
+    """
 
     def __init__(self, params: dict[str, Any], extractor: Extractor | None = None) -> None:
         self.params = dict(params)
@@ -77,6 +132,9 @@ class VPRPipeline:
         self.lock = threading.RLock()  # frames vs services
         self.db = open_map(self.map_path, self.extractor, params["mode"])
         self.engine = LoopClosureEngine(self.db, self.lc_config)
+        self.stamps = StampGuard(int(float(params["max_stamp_jump_s"]) * 1e9))
+        self.pose_lookup: Callable[[Frame], Pose | None] | None = None
+        self.frames_without_pose = 0
 
     @property
     def lc_config(self) -> LoopClosureConfig:
@@ -91,14 +149,30 @@ class VPRPipeline:
 
     # -- frames ----------------------------------------------------------------------
     def process(self, frame: Frame) -> FrameOutcome:
-        """Decode, describe and judge one frame; raises ImageError for a bad frame."""
+        """Decode, describe and judge one frame; raises ImageError for a bad frame.
+
+        The pixel budget is checked on the message header, before any decoding.
+        """
         t0 = time.perf_counter()
-        rgb = decode_any(frame.msg)
+        rgb = decode_any(frame.msg, max_pixels=int(self.params["max_image_pixels"]))
         t1 = time.perf_counter()
         return self.process_rgb(rgb, frame, {"decode": (t1 - t0) * 1000})
 
     def process_rgb(self, rgb: np.ndarray, frame: Frame, timings: dict[str, float] | None = None) -> FrameOutcome:
         timings = dict(timings or {})
+        with self.lock:
+            verdict = self.stamps.check(frame.stamp_ns, frame.received)
+            if verdict == "jump":
+                raise StampError(
+                    f"stamp {frame.stamp_ns * 1e-9:.3f} s is more than max_stamp_jump_s "
+                    f"{self.params['max_stamp_jump_s']} s from the stream's time "
+                    f"{(self.stamps.last_ns or 0) * 1e-9:.3f} s; held back until confirmed"
+                )
+            if verdict == "reset":  # the clock was reset: restart the gate and consistency
+                self.engine = LoopClosureEngine(self.db, self.lc_config)
+        if frame.pose is None and self.pose_lookup is not None:
+            frame.pose = self.pose_lookup(frame)
+            self.frames_without_pose += frame.pose is None
         t1 = time.perf_counter()
         desc = self.extractor.extract([rgb], batch_size=1)
         t2 = time.perf_counter()
@@ -114,23 +188,10 @@ class VPRPipeline:
 
     # -- services --------------------------------------------------------------------
     def set_mode(self, mode: str) -> str:
+        """Switch mapping/localization; on failure the node keeps its old mode, map and state."""
         if mode not in ("mapping", "localization"):
             raise ValueError(f"mode must be 'mapping' or 'localization', got {mode!r}")
-        with self.lock:
-            if mode == self.params["mode"]:
-                return f"already in {mode} mode"
-            old_db, old_params = self.db, dict(self.params)
-            self.params["mode"] = mode
-            try:
-                old_db.close()
-                self.db = open_map(self.map_path, self.extractor, mode)
-                self.engine = LoopClosureEngine(self.db, self.lc_config)
-            except Exception:
-                self.params = old_params
-                self.db = open_map(self.map_path, self.extractor, old_params["mode"])
-                self.engine = LoopClosureEngine(self.db, self.lc_config)
-                raise
-            return f"switched to {mode} mode ({self.db.count} keyframes in the map)"
+        return self.update_params({"mode": mode})
 
     def reset(self) -> str:
         """Forget the consistency history and the keyframe gate (the map keeps its entries)."""
@@ -139,28 +200,54 @@ class VPRPipeline:
         return "loop-closure state reset"
 
     def save_map(self, path: str = "") -> str:
-        """Entries are committed as they are added; this checkpoints the WAL and optionally copies the map."""
-        with self.lock:
-            if self.db.writable:
-                self.db.query("PRAGMA wal_checkpoint(TRUNCATE)")
-            if not path:
-                return f"map {self.map_path} is up to date ({self.db.count} keyframes)"
-            dest = Path(path).expanduser()
-            if dest.exists():
-                raise MapError(f"{dest} exists; choose a new directory for the copy")
-            shutil.copytree(self.map_path, dest, ignore=shutil.ignore_patterns("*.lock", "*-wal", "*-shm"))
-            return f"map copied to {dest} ({self.db.count} keyframes)"
+        """Entries are committed as they are added; this checkpoints the WAL and optionally copies the map.
 
-    def update_params(self, changes: dict[str, Any]) -> None:
-        """Apply run-time parameter changes (already validated); a mode change reopens the map."""
-        mode = changes.get("mode")
-        rest = {k: v for k, v in changes.items() if k != "mode"}
+        The copy is a consistent snapshot taken without stopping the node: only
+        its first, brief step holds the map (frames keep being processed).
+        """
         with self.lock:
-            if rest:
-                self.params.update(rest)
-                self.engine = LoopClosureEngine(self.db, self.lc_config)
-            if mode is not None:
-                self.set_mode(mode)
+            db = self.db
+            if db.writable:
+                db.query("PRAGMA wal_checkpoint(TRUNCATE)")
+            if not path:
+                return f"map {self.map_path} is up to date ({db.count} keyframes)"
+        count = db.snapshot(path)
+        return f"map copied to {Path(path).expanduser()} ({count} keyframes)"
+
+    def update_params(self, changes: dict[str, Any]) -> str:
+        """Apply validated run-time parameter changes all at once, or none of them.
+
+        The new state (map opened in the new mode, a new engine) is built first
+        and swapped in only when everything succeeded.
+        """
+        with self.lock:
+            new_params = {**self.params, **changes}
+            if new_params == self.params:
+                return f"already in {self.params['mode']} mode" if set(changes) == {"mode"} else "no change"
+            mode_changed = new_params["mode"] != self.params["mode"]
+            old_db = self.db
+            if mode_changed:
+                old_db.close()  # one writer per map: release it before reopening in the other mode
+                try:
+                    db = open_map(self.map_path, self.extractor, new_params["mode"])
+                except Exception:
+                    self.db = open_map(self.map_path, self.extractor, self.params["mode"])
+                    self.engine = LoopClosureEngine(self.db, self.lc_config)
+                    raise
+            else:
+                db = old_db
+            try:
+                engine = LoopClosureEngine(db, loop_closure_config(new_params))
+            except Exception:
+                if mode_changed:
+                    db.close()
+                    self.db = open_map(self.map_path, self.extractor, self.params["mode"])
+                    self.engine = LoopClosureEngine(self.db, self.lc_config)
+                raise
+            self.params, self.db, self.engine = new_params, db, engine
+            if mode_changed:
+                return f"switched to {new_params['mode']} mode ({db.count} keyframes in the map)"
+            return "parameters updated"
 
 
 def candidate_fields(c: LoopCandidate, map_id: str) -> dict[str, Any]:
@@ -186,6 +273,7 @@ def candidate_fields(c: LoopCandidate, map_id: str) -> dict[str, Any]:
         "reason": c.reason,
         "has_match_pose": c.match_pose is not None,
         "match_pose": pose,
+        "match_pose_frame_id": c.match_pose.frame_id if c.match_pose is not None else "",
     }
 
 

@@ -29,6 +29,7 @@ from selavpr_ros.transport.image_decoding import decode_any
 from selavpr_ros.types import Descriptors, KeyframeRecord
 
 log = logging.getLogger(__name__)
+_NO_DESCRIPTOR = np.zeros(0, np.float32)  # for gate checks that do not compare appearance
 
 
 @dataclass
@@ -125,8 +126,9 @@ def _build_session(db: MapDatabase, bag: Path, session: str, image_topic: str, e
                 if item.stamp_ns > track.stamps_ns[-1] and not posed:
                     _no_overlap(bag, pose_topic, track, item.stamp_ns)
             posed += pose is not None
-            # time and motion first: most frames are rejected before any inference
-            reason = gate.check(item.stamp_ns, None, pose) if gate_cfg.max_similarity >= 1.0 else ""
+            # time and motion first: most frames are rejected before any inference (with max_similarity >= 1
+            # the gate never reads the descriptor, so an empty one stands in for the one not yet computed)
+            reason = gate.check(item.stamp_ns, _NO_DESCRIPTOR, pose) if gate_cfg.max_similarity >= 1.0 else ""
             if reason:
                 report.gated_out += 1
                 continue
@@ -159,6 +161,6 @@ def _build_session(db: MapDatabase, bag: Path, session: str, image_topic: str, e
     return report
 
 
-def _no_overlap(bag: Path, topic: str, track: PoseTrack, stamp_ns: int) -> None:
+def _no_overlap(bag: Path, topic: str | None, track: PoseTrack, stamp_ns: int) -> None:
     raise BagError(f"{bag}: pose topic '{topic}' ({track.stamps_ns[0] * 1e-9:.1f}-{track.stamps_ns[-1] * 1e-9:.1f} s) "
                    f"does not overlap the images (image at {stamp_ns * 1e-9:.1f} s has no pose); nothing was added")

@@ -39,10 +39,10 @@ def parse_stages(stages: str | Sequence[str], what: str = "retrieval.stages", pi
         return [s for s in STAGE_ORDER if s in names]
     if names[0] not in ("binary", "float"):
         raise ConfigError(f"{what} must start with 'binary' or 'float', got {', '.join(names)}")
-    ranks = [STAGE_ORDER.index(s) for s in names]  # type: ignore[arg-type]
+    ranks = [STAGE_ORDER.index(s) for s in names]
     if ranks != sorted(ranks):
         raise ConfigError(f"{what} must keep the order binary, float, local; got {', '.join(names)}")
-    return names  # type: ignore[return-value]
+    return [STAGE_ORDER[r] for r in ranks]
 
 
 @dataclass

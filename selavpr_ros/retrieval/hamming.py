@@ -40,7 +40,7 @@ class HammingIndex:
         self.kind = kind
         self.nlist = nlist
         self.nprobe = nprobe
-        self._index = faiss.IndexBinaryFlat(bits) if kind == "flat" else None
+        self._index: faiss.IndexBinary | None = faiss.IndexBinaryFlat(bits) if kind == "flat" else None
         self._pending: list[np.ndarray] = []
 
     def __len__(self) -> int:
@@ -52,6 +52,7 @@ class HammingIndex:
             raise ValueError(f"codes must be (N, {self.bits // 8}) uint8, got {codes.shape}")
         if self.kind == "ivf" and self._index is None:
             self._build_ivf(codes)
+        assert self._index is not None  # flat: made in __init__; ivf: built just above
         self._index.add(codes)
 
     def _build_ivf(self, codes: np.ndarray) -> None:
@@ -72,11 +73,16 @@ class HammingIndex:
         k = min(k, len(self))
         if allowed is not None and len(allowed) != len(self):
             raise ValueError(f"allowed mask has {len(allowed)} rows, index has {len(self)}")
+        assert self._index is not None  # len(self) > 0
         sel, _keep = row_selector(allowed)
         if sel is None:
             return self._index.search(queries, k)
+        # Attributes rather than keyword arguments (which faiss accepts, but its stubs do not declare).
+        params: faiss.SearchParameters
         if self.kind == "ivf":
-            params = faiss.SearchParametersIVF(sel=sel, nprobe=self.nprobe)
+            params = faiss.SearchParametersIVF()
+            params.sel, params.nprobe = sel, self.nprobe
         else:
-            params = faiss.SearchParameters(sel=sel)
+            params = faiss.SearchParameters()
+            params.sel = sel
         return self._index.search(queries, k, params=params)

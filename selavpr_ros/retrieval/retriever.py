@@ -79,7 +79,7 @@ class Retriever:
         self.db.refresh()
         n = self.db.count
         if n < self._synced:  # compacted: start over
-            self.__init__(self.db, self.config)
+            type(self).__init__(self, self.db, self.config)
             return n
         new = n - self._synced
         if new:
@@ -133,17 +133,21 @@ class Retriever:
             if "float" in cfg.stages[1:]:
                 cand = self._float_rerank(cand, queries.descriptors[q])
             if "local" in cfg.stages:
-                cand = self._local_rerank(cand, queries.local_features[q])
+                local = queries.local_features
+                cand = self._local_rerank(cand, None if local is None else local[q])
             results.append(cand)
         return results
 
     def _float_search(self, descriptors: np.ndarray, k: int, mask: np.ndarray | None):
         q = np.ascontiguousarray(descriptors, np.float32)
+        assert self._float_index is not None  # made by sync for a float first stage
         sel, _keep = row_selector(mask)
         k = min(k, self._float_index.ntotal)
         if sel is None:
             return self._float_index.search(q, k)
-        return self._float_index.search(q, k, params=faiss.SearchParameters(sel=sel))
+        params = faiss.SearchParameters()  # attribute, not keyword: faiss's stubs do not declare the keyword
+        params.sel = sel
+        return self._float_index.search(q, k, params=params)
 
     def _float_rerank(self, cand: Candidates, query: np.ndarray) -> Candidates:
         t0 = time.perf_counter()
@@ -166,6 +170,7 @@ class Retriever:
         k = min(cfg.local_k, len(cand))
         head = cand.rows[:k]
         stored = self.db.local_features
+        assert stored is not None  # __init__ refuses the local stage on maps without local features
         order_in = np.argsort(head, kind="stable")
         cands = np.empty((k, *stored.shape[1:]), stored.dtype)
         cands[order_in] = stored[head[order_in]]

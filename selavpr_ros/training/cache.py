@@ -23,12 +23,15 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from selavpr_ros.models.vpr import VPRModel
 
 TrunkFn = Callable[[Tensor], tuple[Tensor, list[Tensor], tuple[int, int]]]
 
@@ -39,7 +42,7 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def trunk_fingerprint(model: torch.nn.Module) -> str:
+def trunk_fingerprint(model: VPRModel) -> str:
     """Hash of the trunk weights (the part whose outputs are cached)."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.backbone.state_dict().items()):
@@ -56,7 +59,7 @@ class TrunkCache:
         self.dir = Path(directory)
         self.key = key
         self.shape = (n_images, views, *entry_shape)
-        self.grid = tuple(grid)
+        self.grid = (grid[0], grid[1])
         self.dtype = np.dtype(dtype)
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = {"key": key, "shape": list(self.shape), "grid": list(self.grid), "dtype": self.dtype.name}

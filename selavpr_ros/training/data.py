@@ -25,8 +25,8 @@ from selavpr_ros.training.config import AugmentConfig, DataConfig
 def load_train_places(cfg: DataConfig) -> PlaceSet:
     """Places for metric-learning losses (triplet, multi-similarity)."""
     if cfg.kind == "sequence":
-        return load_sequence_places(cfg.root, tuple(cfg.folders), tuple(cfg.train_span), cfg.frames_per_place,
-                                    cfg.tolerance_frames)
+        return load_sequence_places(cfg.root, tuple(cfg.folders), (cfg.train_span[0], cfg.train_span[1]),
+                                    cfg.frames_per_place, cfg.tolerance_frames)
     if cfg.kind == "utm":
         return load_utm_places(cfg.root, cfg.train_split, cfg.train_radius_m)
     if cfg.kind == "gsv_cities":
@@ -43,7 +43,8 @@ def load_train_poses(cfg: DataConfig) -> PoseSet:
 
 def load_validation(cfg: DataConfig) -> EvalSet:
     if cfg.kind == "sequence":
-        return load_sequence_eval(cfg.root, cfg.folders[0], cfg.folders[1], tuple(cfg.val_span), cfg.tolerance_frames)
+        return load_sequence_eval(cfg.root, cfg.folders[0], cfg.folders[1], (cfg.val_span[0], cfg.val_span[1]),
+                                  cfg.tolerance_frames)
     if cfg.kind == "utm":
         return load_utm_eval(cfg.val_root or cfg.root, cfg.val_split, cfg.eval_radius_m)
     if not cfg.val_root:

@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from selavpr_ros.training import losses as L
 from selavpr_ros.training.cache import TrunkCache, cache_key, trunk_fingerprint
 from selavpr_ros.training.config import AugmentConfig, TrainConfig
 from selavpr_ros.training.data import ImageSource, load_train_places, load_train_poses, load_validation
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 GRADED_LOSSES = ("graded_regression", "generalized_contrastive")
 
@@ -78,7 +81,9 @@ class _Embed(nn.Module):
 
     def forward(self, images: Tensor | None = None, seed: Tensor | None = None, taps: list[Tensor] | None = None,
                 grid: tuple[int, int] | None = None):
-        if images is None:
+        if images is None:  # cached trunk outputs: only SelaVPR++ trains side-only
+            assert isinstance(self.model, SelaVPRPlusPlus)
+            assert seed is not None and taps is not None and grid is not None
             return self.model.side(seed, taps, grid)
         return self.model.encode(images)
 
@@ -155,7 +160,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.loss_sum = 0.0
         self.loss_count = 0
-        self.tb = None
+        self.tb: SummaryWriter | None = None
 
     # -- set-up -------------------------------------------------------------
     def _build_model(self) -> VPRModel:
@@ -171,9 +176,11 @@ class Trainer:
         cfg = self.cfg
         rng = _rng(cfg.seed, epoch, 0)
         if self.graded:
+            assert self.poses is not None  # loaded for graded losses
             batches = list(graded_pairs(self.poses, rng, cfg.loss.pairs_per_batch,
                                         math.radians(cfg.loss.fov_aperture_deg), cfg.loss.fov_radius_m))
         else:
+            assert self.places is not None  # loaded for the other losses
             batches = list(self.places.batches(rng, cfg.places_per_batch, cfg.images_per_place))
         if not batches:
             raise ConfigError(f"{cfg.data.root}: not enough places for one batch of {cfg.places_per_batch} "
@@ -193,11 +200,13 @@ class Trainer:
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
 
     def _trunk(self, images: Tensor):
+        assert isinstance(self.model, SelaVPRPlusPlus)  # trunk caching is only enabled for SelaVPR++
         self.model.eval()
         return self.model.trunk(images)
 
     def _make_caches(self) -> None:
         """Fill the trunk caches (rank 0), then open them everywhere."""
+        assert isinstance(self.model, SelaVPRPlusPlus)  # trunk caching is only enabled for SelaVPR++
         base = Path(self.cfg.cache.dir) if self.cfg.cache.dir else self.out / "cache"
         fingerprint = trunk_fingerprint(self.model)
         pre = self.model.config.preprocess
@@ -278,6 +287,7 @@ class Trainer:
     # -- one step -----------------------------------------------------------
     def _forward(self, indices: np.ndarray, views: np.ndarray):
         if self.use_cache:
+            assert self.train_cache is not None  # opened by _make_caches
             seed, taps, grid = self.train_cache.read(indices, views, self.device)
             return self.embed(seed=seed, taps=taps, grid=grid)
         x = torch.from_numpy(self.train_source.batch(indices, views)).to(self.device)
@@ -347,10 +357,12 @@ class Trainer:
             idx = np.arange(start, min(start + bs, len(self.val_source)))
             zeros = np.zeros(len(idx), np.int64)
             if self.use_cache:
+                assert isinstance(self.model, SelaVPRPlusPlus) and self.val_cache is not None  # see _make_caches
                 desc, hash_z, _ = self.model.side(*self.val_cache.read(idx, zeros, self.device))
             else:
                 desc, hash_z, _ = self.model.encode(torch.from_numpy(self.val_source.batch(idx, zeros)).to(self.device))
             if hash_z is None:
+                assert self.model.code_projection is not None  # set whenever the method has no learned codes
                 hash_z = self.model.code_projection(desc)
             descs.append(desc.float().cpu())
             codes.append(pack_codes(hash_z.float()).cpu())

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from selavpr_ros.errors import ImageError
-from selavpr_ros.imaging import decode_encoded, to_uint8
+from selavpr_ros.imaging import check_pixel_budget, decode_encoded, to_uint8
 
 # encoding -> (channels, bytes per channel, channel order)
 _RAW = {
@@ -42,6 +42,13 @@ _DEPTH = {"16uc1", "32fc1", "16sc1", "32sc1", "64fc1"}
 
 COMPRESSED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
 SUPPORTED_ENCODINGS = sorted(list(_RAW) + [f"bayer_{p}{b}" for p in _BAYER for b in (8, 16)] + list(_YUV))
+
+
+def shown(text: object, limit: int = 64) -> str:
+    """``repr`` of a value from the wire, cut to ``limit`` characters: a 1 MiB encoding
+    string must not be echoed into logs and diagnostics."""
+    value = str(text)
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
 
 
 def _bytes(data) -> bytes | memoryview:
@@ -104,12 +111,14 @@ def _yuv422(msg, order: str) -> np.ndarray:
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-def decode_image(msg) -> np.ndarray:
-    """``sensor_msgs/Image`` -> (H, W, 3) uint8 RGB."""
+def decode_image(msg, max_pixels: int | None = None) -> np.ndarray:
+    """``sensor_msgs/Image`` -> (H, W, 3) uint8 RGB; more than ``max_pixels`` is refused first."""
+    check_pixel_budget(int(msg.height), int(msg.width), max_pixels, "image")
     encoding = str(msg.encoding).strip().lower()
     if encoding in _DEPTH:
         raise ImageError(
-            f"encoding {msg.encoding!r} is a depth image, not a camera image; subscribe to the colour or mono topic"
+            f"encoding {shown(msg.encoding)} is a depth image, not a camera image; "
+            "subscribe to the colour or mono topic"
         )
     if encoding in _RAW:
         channels, depth, order = _RAW[encoding]
@@ -123,23 +132,27 @@ def decode_image(msg) -> np.ndarray:
         return _bayer(msg, encoding[6:10], 1 if encoding[10:] == "8" else 2)
     if encoding in _YUV:
         return _yuv422(msg, _YUV[encoding])
-    raise ImageError(f"unknown image encoding {msg.encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
+    raise ImageError(f"unknown image encoding {shown(msg.encoding)}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
 
 
-def decode_compressed(msg) -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` (jpeg, png, webp, bmp, tiff) -> (H, W, 3) uint8 RGB."""
+def decode_compressed(msg, max_pixels: int | None = None) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (jpeg, png, webp, bmp, tiff) -> (H, W, 3) uint8 RGB.
+
+    The pixel budget is checked on the encoded header, before pixels are allocated.
+    """
     fmt = str(msg.format).lower()
     if "compresseddepth" in fmt:
-        raise ImageError(f"format {msg.format!r} is a compressed depth image, not a camera image")
+        raise ImageError(f"format {shown(msg.format)} is a compressed depth image, not a camera image")
     data = _bytes(msg.data)
     if len(data) == 0:
         raise ImageError("compressed image has no data")
-    return decode_encoded(data, f"compressed image (declared {msg.format!r})", formats=COMPRESSED_FORMATS)
+    return decode_encoded(data, f"compressed image (declared {shown(msg.format)})", max_pixels,
+                          formats=COMPRESSED_FORMATS)
 
 
-def decode_any(msg) -> np.ndarray:
+def decode_any(msg, max_pixels: int | None = None) -> np.ndarray:
     """Decode either message type (told apart by their fields)."""
-    return decode_compressed(msg) if hasattr(msg, "format") else decode_image(msg)
+    return decode_compressed(msg, max_pixels) if hasattr(msg, "format") else decode_image(msg, max_pixels)
 
 
 def encode_image(rgb: np.ndarray, encoding: str = "rgb8") -> dict:

@@ -18,9 +18,12 @@ import os
 import sys
 import types as pytypes
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from selavpr_ros.errors import SelaVPRError
+
+if TYPE_CHECKING:
+    from cyclonedds.idl import IdlStruct
 
 PACKAGE = "selavpr_ros"
 MSG_NAMES = ("LoopClosureCandidate", "LoopClosureCandidateArray")
@@ -69,7 +72,7 @@ def _base_annotation(name: str, bound: int):
     from cyclonedds.idl import types as t
 
     if name == "string":
-        return t.bounded_str[bound] if bound else str
+        return t.bounded_str[bound] if bound else str  # type: ignore[misc]  # cyclonedds: runtime __class_getitem__
     if name == "bool":
         return bool
     mapping = {
@@ -103,12 +106,13 @@ def _annotation(spec) -> Any:
         return dds_type(rest)
     elem, count = rest
     if kind == Nodetype.ARRAY:
-        return t.array[_annotation(elem), count]
+        return t.array[_annotation(elem), count]  # type: ignore[misc]  # cyclonedds: runtime __class_getitem__
     if kind == Nodetype.SEQUENCE:
         if elem[0] == Nodetype.BASE and elem[1][0] in _BYTE_TYPES and not count:
-            return t.sequence[t.uint8]  # declared as sequence<octet>; carried as bytes (see _bytes_members)
+            # declared as sequence<octet>; carried as bytes (see _bytes_members)
+            return t.sequence[t.uint8]  # type: ignore[misc]  # cyclonedds: runtime __class_getitem__
         inner = _annotation(elem)
-        return t.sequence[inner, count] if count else t.sequence[inner]
+        return t.sequence[inner, count] if count else t.sequence[inner]  # type: ignore[misc]  # cyclonedds stubs
     raise SelaVPRError(f"unsupported field kind {kind}")
 
 
@@ -132,6 +136,7 @@ def dds_type(msgtype: str) -> type:
         {"typename": dds_typename(msgtype)},
         lambda ns: ns.update({"__annotations__": annotations, "__module__": __name__}),
     )
+    assert issubclass(cls, IdlStruct)  # new_class returns plain ``type``; it is the IdlStruct subclass made above
     cls = dataclasses.dataclass(cls)
     _bytes_members(cls, [name for name, spec in fields if _is_byte_sequence(spec)])
     return cls
@@ -144,7 +149,7 @@ def _is_byte_sequence(spec) -> bool:
     return kind == Nodetype.SEQUENCE and rest[0][0] == Nodetype.BASE and rest[0][1][0] in _BYTE_TYPES and not rest[1]
 
 
-def _bytes_members(cls: type, names: list[str]) -> None:
+def _bytes_members(cls: type[IdlStruct], names: list[str]) -> None:
     """Carry ``sequence<octet>`` members as one ``bytes`` object instead of a list of ints.
 
     The type object that DDS discovery exchanges still says sequence<octet>
@@ -153,12 +158,14 @@ def _bytes_members(cls: type, names: list[str]) -> None:
     """
     if not names:
         return
-    from cyclonedds.idl._machinery import BytesMachine
+    from cyclonedds.idl._machinery import BytesMachine, StructMachine
 
     cls.__idl__.populate()
     for machine in (cls.__idl__.v1_machine, cls.__idl__.v2_machine):
+        # cyclonedds types these as the base Machine; a final struct's are StructMachines
+        struct_machine = cast(StructMachine, machine)
         for name in names:
-            machine.members_machines[name] = BytesMachine()
+            struct_machine.members_machines[name] = BytesMachine()
 
 
 def to_dds(obj: Any, msgtype: str) -> Any:

@@ -21,6 +21,7 @@ from selavpr_ros.models.config import GeMConfig, MethodConfig, ModelConfig
 from selavpr_ros.models.heads import GeMHead, LocalUpconvHead
 from selavpr_ros.models.importers import Rule, backbone_section, load_mapped, remap, unwrap_state_dict
 from selavpr_ros.models.registry import MethodSpec, register_method
+from selavpr_ros.models.vit import Block
 from selavpr_ros.models.vpr import VPRModel, build_model
 from selavpr_ros.models.weights import check_finite, infer_backbone, read_weights_file, resolve_weights
 
@@ -64,6 +65,7 @@ class SelaVPR(VPRModel):
         cfg = config.section(SelaVPRConfig)
         dim = self.backbone.embed_dim
         for block in self.backbone.blocks:
+            assert isinstance(block, Block)  # the trunk's blocks (a ModuleList yields plain Modules)
             block.serial_adapter = BottleneckAdapter(dim, cfg.adapter_ratio, residual=True)
             block.parallel_adapter = BottleneckAdapter(dim, cfg.adapter_ratio, residual=False)
             block.parallel_scale = cfg.parallel_scale

@@ -147,8 +147,10 @@ class SelaVPRPlusPlus(VPRModel):
         """Trainable part: side chains and heads on top of :meth:`trunk` outputs."""
         descriptors = hash_z = None
         if self.float_adapters is not None:
+            assert self.float_head is not None  # made together with the float adapters
             descriptors = self.float_head(self._run_chain(self.float_adapters, seed, taps, grid))
         if self.hash_adapters is not None:
+            assert self.hash_head is not None  # made together with the hash adapters
             hash_z = self.hash_head(self._run_chain(self.hash_adapters, seed, taps, grid))
             if descriptors is None:
                 descriptors = hash_z

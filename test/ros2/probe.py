@@ -1,0 +1,179 @@
+"""An rclpy client for the ROS 2 graph tests: run with a sourced ROS 2 install, prints JSON.
+
+``stream``   publish bundled Nordland frames (Image or CompressedImage) and collect the
+             node's LoopClosureCandidateArray and /diagnostics messages;
+``services`` call ~/save_map, ~/set_mode, ~/reset and the parameter services with rclpy clients.
+
+It talks to the node only through ROS 2 (rclpy, rmw), never through the package's own DDS code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from PIL import Image as PILImage
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import GetParameters, SetParameters
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_srvs.srv import Trigger
+
+from selavpr_ros.msg import LoopClosureCandidateArray
+from selavpr_ros.srv import SaveMap, SetMode
+
+DEMO = Path(__file__).resolve().parents[2] / "selavpr_ros" / "data" / "nordland_demo"
+
+
+def frames(season: str, start: int, n: int, step: int) -> list[np.ndarray]:
+    names = sorted((DEMO / season).glob("*.png"))[start : start + n * step : step]
+    return [np.asarray(PILImage.open(p).convert("RGB")) for p in names]
+
+
+def image_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str, compressed: bool):
+    msg = CompressedImage() if compressed else Image()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp_ns // 10**9, stamp_ns % 10**9
+    msg.header.frame_id = frame_id
+    if compressed:
+        buf = io.BytesIO()
+        PILImage.fromarray(rgb).save(buf, format="JPEG", quality=92)
+        msg.format = "jpeg"
+        msg.data = buf.getvalue()
+    else:
+        h, w, _ = rgb.shape
+        msg.height, msg.width, msg.encoding, msg.step = h, w, "rgb8", w * 3
+        msg.data = rgb.tobytes()
+    return msg
+
+
+def wait_for(node: Node, condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"probe: timed out waiting for {what}")
+        rclpy.spin_once(node, timeout_sec=0.05)
+
+
+def cmd_stream(args) -> dict:
+    node = Node("vpr_probe")
+    reliable = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
+    pub = node.create_publisher(CompressedImage if args.compressed else Image, args.image_topic, reliable)
+    got: list = []
+    diagnostics: list = []
+    node.create_subscription(LoopClosureCandidateArray, args.candidates_topic, got.append, reliable)
+    node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
+    wait_for(node, lambda: pub.get_subscription_count() > 0, 90, f"a subscriber on {args.image_topic}")
+    wait_for(node, lambda: node.count_publishers(args.candidates_topic) > 0, 30, "the candidate publisher")
+    route = frames("summer", args.start, args.n, 3) + frames("winter", args.start, args.n, 3)
+    stamps = []
+    for i, rgb in enumerate(route):
+        t = (i if i < args.n else 1000 + i) * 10**9 + 123
+        pub.publish(image_msg(rgb, t, "cam_optical", args.compressed))
+        stamps.append(t)
+        end = time.monotonic() + args.period
+        while time.monotonic() < end:
+            rclpy.spin_once(node, timeout_sec=0.02)
+    wait_for(node, lambda: len(got) >= len(route), 60, "candidate arrays for every frame")
+    wait_for(node, lambda: len(diagnostics) > 0, 10, "/diagnostics")
+    out = {
+        "sent": stamps,
+        "arrays": [{
+            "stamp": a.header.stamp.sec * 10**9 + a.header.stamp.nanosec,
+            "frame_id": a.header.frame_id,
+            "candidates": [{"rank": c.rank, "match": c.match_keyframe_id, "query": c.query_keyframe_id,
+                            "status": c.status, "score": c.score, "session": c.match_session,
+                            "stamp": c.header.stamp.sec * 10**9 + c.header.stamp.nanosec,
+                            "match_stamp": c.match_stamp.sec * 10**9 + c.match_stamp.nanosec}
+                           for c in a.candidates],
+        } for a in got],
+        "diagnostics": [{"name": s.name, "level": int.from_bytes(s.level, "little") if isinstance(s.level, bytes)
+                         else int(s.level), "keys": [kv.key for kv in s.values]}
+                        for d in diagnostics for s in d.status],
+    }
+    node.destroy_node()
+    return out
+
+
+def _call(node: Node, client, request, timeout: float = 60.0):
+    wait_for(node, lambda: client.service_is_ready(), 60, f"service {client.srv_name}")
+    future = client.call_async(request)
+    rclpy.spin_until_future_complete(node, future, timeout_sec=timeout)
+    if not future.done():
+        raise SystemExit(f"probe: {client.srv_name} did not answer")
+    return future.result()
+
+
+def _value(v: ParameterValue):
+    return {ParameterType.PARAMETER_BOOL: v.bool_value, ParameterType.PARAMETER_INTEGER: v.integer_value,
+            ParameterType.PARAMETER_DOUBLE: v.double_value, ParameterType.PARAMETER_STRING: v.string_value
+            }.get(v.type)
+
+
+def cmd_services(args) -> dict:
+    node = Node("vpr_service_probe")
+    target = args.node
+    out: dict = {}
+    save = node.create_client(SaveMap, f"{target}/save_map")
+    r = _call(node, save, SaveMap.Request(path=args.copy_to))
+    out["save_map"] = {"success": r.success, "message": r.message}
+    reset = node.create_client(Trigger, f"{target}/reset")
+    r = _call(node, reset, Trigger.Request())
+    out["reset"] = {"success": r.success, "message": r.message}
+    set_mode = node.create_client(SetMode, f"{target}/set_mode")
+    r = _call(node, set_mode, SetMode.Request(mode="exploring"))
+    out["set_mode_bad"] = {"success": r.success, "message": r.message}
+    r = _call(node, set_mode, SetMode.Request(mode="localization"))
+    out["set_mode"] = {"success": r.success, "message": r.message}
+    get = node.create_client(GetParameters, f"{target}/get_parameters")
+    r = _call(node, get, GetParameters.Request(names=["mode", "loop_closure.min_score"]))
+    out["after_set_mode"] = [_value(v) for v in r.values]
+    setp = node.create_client(SetParameters, f"{target}/set_parameters")
+
+    def set_one(name, kind, **value):
+        p = Parameter(name=name, value=ParameterValue(type=kind, **value))
+        res = _call(node, setp, SetParameters.Request(parameters=[p])).results[0]
+        return {"successful": res.successful, "reason": res.reason}
+
+    out["set_valid"] = set_one("loop_closure.min_score", ParameterType.PARAMETER_DOUBLE, double_value=0.6)
+    out["set_out_of_range"] = set_one("loop_closure.min_score", ParameterType.PARAMETER_DOUBLE, double_value=1.5)
+    out["set_read_only"] = set_one("map_path", ParameterType.PARAMETER_STRING, string_value="/elsewhere")
+    out["set_mode_param"] = set_one("mode", ParameterType.PARAMETER_STRING, string_value="mapping")
+    r = _call(node, get, GetParameters.Request(names=["mode", "loop_closure.min_score", "map_path"]))
+    out["final"] = [_value(v) for v in r.values]
+    node.destroy_node()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("stream")
+    s.add_argument("--image-topic", default="/camera/image_raw")
+    s.add_argument("--candidates-topic", default="/loop_closures")
+    s.add_argument("--compressed", action="store_true")
+    s.add_argument("--n", type=int, default=8)
+    s.add_argument("--start", type=int, default=30)
+    s.add_argument("--period", type=float, default=0.5)
+    v = sub.add_parser("services")
+    v.add_argument("--node", default="/vpr_node")
+    v.add_argument("--copy-to", required=True)
+    args = parser.parse_args()
+    rclpy.init()
+    try:
+        result = cmd_stream(args) if args.cmd == "stream" else cmd_services(args)
+    finally:
+        rclpy.try_shutdown()
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
