@@ -1,20 +1,23 @@
 """The node under load: a 30 Hz camera stream over DDS with inference slower than the stream.
 
-Starts ``selavpr-ros node`` with a ViT-S/14 model at 224 x 224 (random
-weights; slower than 33 ms per frame on 2 cores), publishes real Nordland
-frames (upscaled to a camera-sized payload) at 30 Hz with accurate pacing for
-``--seconds``, one frame in 100 corrupt, samples the node's resident memory
-twice a second, and reads its final statistics. Frames must be dropped, not
-queued: the memory slope after warm-up should be ~0 and the latency bounded.
+Starts the node with a ViT-S/14 model at 224 x 224 (random weights; slower
+than 33 ms per frame on 2 cores): ``selavpr-ros node`` (CycloneDDS, no ROS),
+then the rclpy node of a colcon build of this package (rmw_cyclonedds_cpp),
+each under the same load. The load is real Nordland frames (upscaled to a
+camera-sized payload) published at 30 Hz with accurate pacing for
+``--seconds``, one frame in 100 corrupt; the node's resident memory is sampled
+twice a second and its counters and latencies are read from its last
+/diagnostics message. Frames must be dropped, not queued: the memory slope
+after warm-up should be ~0 and the latency bounded. DDS stays on loopback.
 
-    python benchmarks/node_load.py                  # 60 s, 640x480 frames
-    python benchmarks/node_load.py --seconds 120 --size 1280x720
+    python benchmarks/node_load.py                          # both nodes, 60 s each, 640x480 frames
+    python benchmarks/node_load.py --transport dds --seconds 120 --size 1280x720
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import random
 import signal
 import subprocess
@@ -56,39 +59,48 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--rate", type=float, default=30.0, help="frames per second")
-    p.add_argument("--size", default="640x480", help="published frame size WxH (frames are upscaled)")
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "nordland64"))
-    args = p.parse_args()
-    w, h = (int(v) for v in args.size.split("x"))
+def start_node(transport: str, ckpt: Path, work: Path, domain: int) -> tuple[subprocess.Popen, dict[str, str]]:
+    """The node under test: ``selavpr-ros node`` (CycloneDDS) or the rclpy node of a colcon build."""
+    params = {"checkpoint": str(ckpt), "map_path": str(work / f"map_{transport}"), "device": "cpu",
+              "loop_closure.keyframe.min_interval_s": 0.0, "diagnostics_period_s": 0.5}
+    if transport == "dds":
+        cmd = [sys.executable, "-m", "selavpr_ros", "node", "--domain-id", str(domain), "-r", "image:=/camera/image"]
+        cmd += [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), dict(os.environ)
+    sys.path.insert(0, str(ROOT / "test" / "ros2"))
+    from workspace import build_workspace, find_ros
 
+    setup = find_ros()
+    if setup is None:
+        raise SystemExit("--transport rclpy needs a ROS 2 install (source setup.bash or install under /opt/ros)")
+    env = build_workspace(work / "ros_ws", setup, testing=False)
+    env["ROS_DOMAIN_ID"] = str(domain)
+    exe = Path(env["WS"]) / "install" / "lib" / "selavpr_ros" / "vpr_node"
+    cmd = [sys.executable, str(exe), "--ros-args", "-r", "image:=/camera/image"]
+    cmd += [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env), env
+
+
+def run_load(transport: str, args, frames: list[np.ndarray], ckpt: Path, work: Path) -> dict:
     from cyclonedds.domain import DomainParticipant
     from cyclonedds.pub import DataWriter
+    from cyclonedds.sub import DataReader
     from cyclonedds.topic import Topic
 
-    from selavpr_ros.node.dds_node import sensor_qos
+    from selavpr_ros.node.dds_node import reliable_qos, sensor_qos
     from selavpr_ros.transport.image_decoding import encode_image
     from selavpr_ros.transport.msgtypes import dds_type, message, to_dds
 
-    work = Path(tempfile.mkdtemp(prefix="node_load_"))
-    ckpt, model_ms = make_checkpoint(work)
-    names = sorted((Path(args.data) / "summer").iterdir())[::10][:200]
-    frames = [np.asarray(Image.open(n).convert("RGB").resize((w, h), Image.Resampling.BILINEAR)) for n in names]
     domain = random.randint(100, 200)
-    node = subprocess.Popen(
-        [sys.executable, "-m", "selavpr_ros", "node", "--domain-id", str(domain), "-r", "image:=/camera/image",
-         "-p", f"checkpoint:={ckpt}", "-p", f"map_path:={work / 'map'}", "-p", "device:=cpu",
-         "-p", "loop_closure.keyframe.min_interval_s:=0.0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    node, _ = start_node(transport, ckpt, work, domain)
     dp = DomainParticipant(domain)
     writer = DataWriter(dp, Topic(dp, "rt/camera/image", dds_type("sensor_msgs/msg/Image")), sensor_qos())
-    deadline = time.monotonic() + 120
+    diagnostics = DataReader(dp, Topic(dp, "rt/diagnostics", dds_type("diagnostic_msgs/msg/DiagnosticArray")),
+                             reliable_qos(50))
+    deadline = time.monotonic() + 180
     while not writer.get_matched_subscriptions():
         if node.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"node did not start: {node.stderr.read()[-2000:]}")
+            sys.exit(f"{transport} node did not start: {node.stderr.read()[-2000:]}")
         time.sleep(0.05)
     time.sleep(1.0)
 
@@ -125,36 +137,64 @@ def main() -> None:
         writer.write(to_dds(msg, "sensor_msgs/msg/Image"))
         sent += 1
     alive = node.poll() is None
-    time.sleep(1.0)
+    time.sleep(2.0)  # let the frame in progress finish and the last diagnostics arrive
     stop.set()
+    last = diagnostics.take(N=1000)[-1].status[0]
+    stats = {kv.key: kv.value for kv in last.values}
     node.send_signal(signal.SIGINT)
-    out, err = node.communicate(timeout=120)
-    stats = json.loads(out.strip().splitlines()[-1])
+    node.communicate(timeout=120)
     t = np.array([s[0] for s in samples])
     r = np.array([s[1] for s in samples])
     warm = t > 10
     slope = float(np.polyfit(t[warm], r[warm], 1)[0] * 60) if warm.sum() > 2 else float("nan")
-    summary = {
-        "seconds": args.seconds, "rate_hz": args.rate, "frame_size": args.size, "model_ms_per_frame": model_ms,
-        "sent": sent, "corrupt_sent": corrupt, "received": stats["received"], "processed": stats["processed"],
-        "dropped": stats["dropped"], "bad_frames": stats["bad_frames"],
-        "drop_ratio": stats["dropped"] / max(stats["received"], 1),
-        "processing_hz": stats["processed"] / args.seconds, "latency_p50_ms": stats["latency_p50_ms"],
-        "latency_p95_ms": stats["latency_p95_ms"], "publish_late_p95_ms": float(np.percentile(late, 95)),
+    received, processed, dropped = (int(stats[k]) for k in ("received", "processed", "dropped"))
+    return {
+        "transport": transport, "seconds": args.seconds, "rate_hz": args.rate, "frame_size": args.size,
+        "sent": sent, "corrupt_sent": corrupt, "received": received, "processed": processed, "dropped": dropped,
+        "bad_frames": int(stats["bad_frames"]), "drop_ratio": dropped / max(received, 1),
+        "processing_hz": processed / args.seconds, "latency_p50_ms": float(stats["latency_p50_ms"]),
+        "latency_p95_ms": float(stats["latency_p95_ms"]), "publish_late_p95_ms": float(np.percentile(late, 95)),
         "rss_at_10s_mib": float(r[np.argmin(np.abs(t - 10))]) if len(r) else float("nan"),
         "rss_last_10s_median_mib": float(np.median(r[t > t.max() - 10])) if len(r) else float("nan"),
         "rss_max_mib": float(r.max()) if len(r) else float("nan"), "rss_slope_mib_per_min": slope,
-        "node_alive_throughout": alive, "node_exit_code": node.returncode, "map_size": stats["map_size"],
+        "node_alive_throughout": alive, "node_exit_code": node.returncode, "map_size": int(stats["map_size"]),
     }
-    rows = [{"measure": k, "value": v} for k, v in summary.items()]
-    print(table(rows, [("measure", "measure", ""), ("value", "value", "")]))
-    checks = {"frames dropped, not queued": summary["dropped"] > 0 and summary["latency_p95_ms"] < 5000,
-              "memory flat (|slope| < 5 MiB/min)": abs(slope) < 5,
-              "node survived every corrupt frame": alive and node.returncode == 0 and summary["bad_frames"] >= 1}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--rate", type=float, default=30.0, help="frames per second")
+    p.add_argument("--size", default="640x480", help="published frame size WxH (frames are upscaled)")
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "nordland64"),
+                   help="Nordland folder (falls back to the bundled demo frames)")
+    p.add_argument("--transport", choices=("dds", "rclpy", "both"), default="both",
+                   help="the ROS-less DDS node, the rclpy node (needs a ROS 2 install), or both, one after the other")
+    args = p.parse_args()
+    w, h = (int(v) for v in args.size.split("x"))
+    work = Path(tempfile.mkdtemp(prefix="node_load_"))
+    ckpt, model_ms = make_checkpoint(work)
+    folder = Path(args.data) / "summer"
+    if not folder.is_dir():
+        folder = ROOT / "selavpr_ros" / "data" / "nordland_demo" / "summer"
+    names = sorted(folder.iterdir())[::10][:200]
+    frames = [np.asarray(Image.open(n).convert("RGB").resize((w, h), Image.Resampling.BILINEAR)) for n in names]
+    transports = ["dds", "rclpy"] if args.transport == "both" else [args.transport]
+    runs = [{**run_load(t, args, frames, ckpt, work), "model_ms_per_frame": model_ms} for t in transports]
+    keys = [k for k in runs[0] if k != "transport"]
+    rows = [{"measure": k, **{r["transport"]: r[k] for r in runs}} for k in keys]
+    print(table(rows, [("measure", "measure", "")] + [(t, t, "") for t in transports]))
+    checks = {}
+    for r in runs:
+        t = r["transport"]
+        checks[f"{t}: frames dropped, not queued"] = r["dropped"] > 0 and r["latency_p95_ms"] < 5000
+        checks[f"{t}: memory flat (|slope| < 5 MiB/min)"] = abs(r["rss_slope_mib_per_min"]) < 5
+        checks[f"{t}: node survived every corrupt frame"] = (r["node_alive_throughout"] and r["node_exit_code"] == 0
+                                                             and r["bad_frames"] >= 1)
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
     print("note: corrupt frames that were dropped before decoding are counted as dropped, not bad")
-    save("node_load", {"summary": summary, "checks": checks, "rss_samples": samples})
+    save("node_load", {"summary": runs[0], "runs": runs, "checks": checks})
 
 
 if __name__ == "__main__":

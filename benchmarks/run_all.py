@@ -64,9 +64,12 @@ def _train_nordland(d: dict) -> str:
 
 
 def _node_load(d: dict) -> str:
-    rows = [{"key": k, "value": v} for k, v in d.get("summary", d).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return table(rows, [("key", "measure", ""), ("value", "value", ".4g")])
+    runs = d.get("runs") or [{"transport": "dds", **d.get("summary", d)}]
+    names = [r["transport"] for r in runs]
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    label = {"dds": "ROS-less (CycloneDDS)", "rclpy": "rclpy node (rmw_cyclonedds_cpp)"}
+    rows = [{"key": k, **{n: r.get(k) for n, r in zip(names, runs)}} for k in keys]
+    return table(rows, [("key", "measure", "")] + [(n, label.get(n, n), ".4g") for n in names])
 
 
 SUMMARIES: dict[str, tuple[str, Callable[[dict], str]]] = {
@@ -74,7 +77,7 @@ SUMMARIES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "retrieval": ("Map search per query", _retrieval),
     "train": ("Training step: in-block vs side adapters vs trunk cache", _train),
     "train_nordland": ("Learning on Nordland (held-out 30 %)", _train_nordland),
-    "node_load": ("Node under a 30 Hz DDS stream with slow inference", _node_load),
+    "node_load": ("Node under a 30 Hz camera stream with slow inference, ROS-less and rclpy", _node_load),
 }
 
 

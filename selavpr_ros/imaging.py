@@ -82,12 +82,15 @@ def decode_encoded(
     ``CompressedImage`` may carry); ``max_pixels`` is checked on the header.
     Every failure, a decompression bomb included, is an :class:`ImageError`.
     """
-    is_path = isinstance(source, (str, os.PathLike))
-    name = name or (str(source) if is_path else "encoded image")
+    opened: str | os.PathLike | io.BytesIO
+    if isinstance(source, (str, os.PathLike)):
+        opened, name = source, name or str(source)
+    else:
+        opened, name = io.BytesIO(bytes(source) if isinstance(source, memoryview) else source), name or "encoded image"
     try:
         with warnings.catch_warnings():  # the pixel budget below is the check; Pillow's warning is noise
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(source if is_path else io.BytesIO(source))
+            im = Image.open(opened)
         with im:
             if formats is not None and im.format not in formats:
                 raise ImageError(f"{name}: unsupported format {im.format} (accepted: {', '.join(formats)})")

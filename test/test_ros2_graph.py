@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import shlex
 import signal
 import subprocess
 import sys
@@ -23,21 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from selavpr_ros.transport.discovery import pin_loopback
+sys.path.insert(0, str(Path(__file__).parent / "ros2"))
+from workspace import build_workspace, find_ros  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = ROOT / "test" / "ros2" / "probe.py"
 pytestmark = [pytest.mark.ros2, pytest.mark.slow]
-
-
-def find_ros() -> Path | None:
-    """The setup script of the ROS 2 install to use: the sourced one, else one under /opt/ros."""
-    prefix = os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)[0]
-    if os.environ.get("ROS_DISTRO") and prefix and (Path(prefix) / "setup.bash").is_file():
-        return Path(prefix) / "setup.bash"
-    for setup in sorted(Path("/opt/ros").glob("*/setup.bash")):
-        return setup
-    return None
 
 
 ROS_SETUP = find_ros()
@@ -46,33 +35,12 @@ if ROS_SETUP is None:
                 "the ROS 2 graph tests", allow_module_level=True)
 
 
-def sourced_env(setup: Path, base: dict[str, str]) -> dict[str, str]:
-    out = subprocess.run(["bash", "-c", f"source {shlex.quote(str(setup))} >/dev/null && env -0"],
-                         env=base, capture_output=True, check=True)
-    return dict(item.split("=", 1) for item in out.stdout.decode().split("\0") if "=" in item)
-
-
 @pytest.fixture(scope="module")
 def ros_ws(tmp_path_factory) -> dict[str, str]:
     """This package built with colcon into a fresh workspace; returns the sourced environment."""
-    ws = tmp_path_factory.mktemp("ros_ws")
-    (ws / "src").mkdir()
-    (ws / "src" / "selavpr_ros").symlink_to(ROOT, target_is_directory=True)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COLCON_"))}
-    env = sourced_env(ROS_SETUP, base)
-    build = subprocess.run(
-        ["colcon", "build", "--merge-install", "--packages-select", "selavpr_ros",
-         "--cmake-args", "-DBUILD_TESTING=OFF", "-DCMAKE_BUILD_TYPE=Release",
-         "--event-handlers", "console_direct-"],
-        cwd=ws, env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert build.returncode == 0, f"colcon build failed:\n{build.stdout[-4000:]}\n{build.stderr[-4000:]}"
-    env = sourced_env(ws / "install" / "setup.bash", env)
-    pin_loopback(env)
-    env.update({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp", "ROS_DOMAIN_ID": str(random.randint(1, 200)),
-                "ROS_LOG_DIR": str(ws / "log" / "ros"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-                "RCUTILS_COLORIZED_OUTPUT": "0"})
-    env["WS"] = str(ws)
+    assert ROS_SETUP is not None
+    env = build_workspace(tmp_path_factory.mktemp("ros_ws"), ROS_SETUP)
+    env["OMP_NUM_THREADS"] = "1"
     return env
 
 
@@ -126,10 +94,13 @@ class Launch:
         self.file.close()
 
 
-def run(env: dict[str, str], *cmd: str, timeout: float = 120.0, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run(list(cmd), env=env, capture_output=True, text=True, timeout=timeout)
+def run(env: dict[str, str], *cmd: str, timeout: float = 120.0, check: bool = True,
+        cwd: Path | None = None) -> subprocess.CompletedProcess:
+    out = subprocess.run(list(cmd), env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     if check:
-        assert out.returncode == 0, f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        assert out.returncode == 0, (
+            f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        )
     return out
 
 
@@ -190,6 +161,12 @@ def test_launch_image_stream_services_parameters_and_ctrl_c(ros_ws, tmp_path):
         assert "Minimum cosine similarity" in out.stdout and "-1.0" in out.stdout
         out = run(env, "ros2", "service", "call", "/vpr_node/save_map", "selavpr_ros/srv/SaveMap", "{path: ''}")
         assert "up to date" in out.stdout
+        # diagnostics_period_s takes effect at run time
+        run(env, "ros2", "param", "set", "/vpr_node", "diagnostics_period_s", "0.2")
+        fast = probe(env, "diagnostics-rate", "--seconds", "3")["messages"]
+        run(env, "ros2", "param", "set", "/vpr_node", "diagnostics_period_s", "2.0")
+        slow = probe(env, "diagnostics-rate", "--seconds", "3")["messages"]
+        assert fast >= 8 and slow <= 3, (fast, slow)
     except BaseException:
         launch.stop()
         raise
@@ -219,8 +196,9 @@ def test_namespace_compressed_int_for_float_and_ctrl_c_in_localization(ros_ws, t
         raise
     assert first.interrupt() == 0, first.text()[-3000:]
     # localization on the map just built, the file's values under the namespace, an int for a float
-    second = Launch(env, f"params_file:={params_file(tmp_path / 'b.yaml', diagnostics_period_s=1, mode='localization')}",
-                    f"map:={m}", "namespace:=robot1", "compressed:=true", log=tmp_path / "b.log")
+    second_params = params_file(tmp_path / "b.yaml", diagnostics_period_s=1, mode="localization")
+    second = Launch(env, f"params_file:={second_params}", f"map:={m}", "namespace:=robot1", "compressed:=true",
+                    log=tmp_path / "b.log")
     try:
         second.wait_for("localization on /robot1/image")
         out = run(env, "ros2", "param", "get", "/robot1/vpr_node", "diagnostics_period_s")
@@ -232,6 +210,33 @@ def test_namespace_compressed_int_for_float_and_ctrl_c_in_localization(ros_ws, t
     code = second.interrupt()
     assert code == 0 and "Traceback" not in second.text(), second.text()[-3000:]
     map_check(env, m)
+
+
+def test_tf_poses_through_tf2_ros(ros_ws, tmp_path):
+    """pose_source:=tf: keyframes get the camera's pose in odom at the image stamp; the motion gate works."""
+    env = ros_ws
+    m = tmp_path / "map"
+    p = params_file(tmp_path / "p.yaml", **{"loop_closure.keyframe.min_translation_m": 1.5, "pose.timeout_s": 1.0})
+    launch = Launch(env, f"params_file:={p}", f"map:={m}", "pose_source:=tf", log=tmp_path / "launch.log")
+    try:
+        launch.wait_for("poses: tf")
+        got = probe(env, "stream", "--tf", "--image-topic", "/image", "--n", "5", "--expect", "5")
+        assert len(got["arrays"]) == 5  # only keyframes are answered
+    except BaseException:
+        launch.stop()
+        raise
+    assert launch.interrupt() == 0, launch.text()[-3000:]
+    from selavpr_ros.mapdb.database import MapDatabase
+
+    with MapDatabase.open(m) as db:
+        records = db.records(list(range(db.count)))
+    frames = [(r.stamp_ns // 10**9) % 1000 for r in records]
+    summer = [f for f in frames if f < 5]
+    assert summer == [0, 2, 4], frames  # 1 m per frame, min_translation_m 1.5: every other frame
+    for r in records:
+        i = r.stamp_ns // 10**9 - (1000 if r.stamp_ns > 500 * 10**9 else 0)
+        assert r.pose is not None and r.pose.frame_id == "odom"
+        assert r.pose.position[0] == pytest.approx(i + 0.25, abs=1e-6)
 
 
 @pytest.mark.parametrize("case", ["unknown_key", "wrong_type", "missing_map", "missing_checkpoint", "bad_argument"])
@@ -264,3 +269,16 @@ def test_bad_start_up_input_is_one_clear_line(ros_ws, tmp_path, case):
         assert "process has died" in text and "exit code 1" in text, text[-3000:]
     else:
         assert out.returncode != 0
+
+
+def test_colcon_test_runs_the_pytest_suite(ros_ws):
+    """``colcon test`` runs the package's pytest suite through ament_cmake_pytest (a subset here, for time)."""
+    env = {**ros_ws, "PYTEST_ADDOPTS": "-p no:cacheprovider -k 'test_registry or test_config'"}
+    ws = Path(ros_ws["WS"])
+    run(env, "colcon", "test", "--merge-install", "--packages-select", "selavpr_ros",
+        "--event-handlers", "console_direct-", timeout=900, cwd=ws)
+    results = run(env, "colcon", "test-result", "--all", "--verbose", check=False, cwd=ws)
+    assert results.returncode == 0, results.stdout[-3000:]
+    xunit = (ws / "build" / "selavpr_ros" / "test_results" / "selavpr_ros" / "selavpr_ros_pytest.xunit.xml").read_text()
+    tests = int(__import__("re").search(r'tests="(\d+)"', xunit).group(1))
+    assert tests >= 10 and 'failures="0"' in xunit and 'errors="0"' in xunit

@@ -122,12 +122,12 @@ class DDSNode:
             return _Listener()
 
         def reader(name: str, msgtype: str, qos: Any, callback: Callable[[Any], None]) -> Any:
-            topic = Topic(self.participant, dds_topic(resolve(name, namespace, remaps)), dds_type(msgtype))
+            topic: Any = Topic(self.participant, dds_topic(resolve(name, namespace, remaps)), dds_type(msgtype))
             return DataReader(self.participant, topic, qos, listener=listener(callback))
 
-        out_topic = Topic(self.participant, dds_topic(self.output_topic), dds_type(CANDIDATES))
+        out_topic: Any = Topic(self.participant, dds_topic(self.output_topic), dds_type(CANDIDATES))
         self.writer = DataWriter(self.participant, out_topic, reliable_qos())
-        diag_topic = Topic(self.participant, dds_topic("/diagnostics"), dds_type(DIAGNOSTICS))
+        diag_topic: Any = Topic(self.participant, dds_topic("/diagnostics"), dds_type(DIAGNOSTICS))
         self.diag_writer = DataWriter(self.participant, diag_topic, reliable_qos())
         self.worker = LatestFrameWorker(pipeline, self._publish)
 
@@ -141,8 +141,9 @@ class DDSNode:
                 reader("/tf_static", TF, static_qos(), lambda r: self._take(r, lambda m: tfs.add(m, static=True))),
             ]
         if self.odometry is not None:
+            odometry = self.odometry
             self._pose_readers.append(reader("odom", ODOMETRY, reliable_qos(100),
-                                             lambda r: self._take(r, self.odometry.add)))
+                                             lambda r: self._take(r, odometry.add)))
         pipeline.pose_lookup = pose_lookup(p, self.transforms, self.odometry)
         self.reader = reader("image", self.image_type, sensor_qos(), self._on_data)
         self._diag_thread = threading.Thread(target=self._diagnostics_loop, name="vpr-diagnostics", daemon=True)

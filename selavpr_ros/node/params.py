@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -99,7 +99,7 @@ def _check_value(spec: ParamSpec, value: Any) -> Any:
         raise ConfigError(f"parameter {spec.name}: expected {spec.type.__name__}, got {value!r}")
     if spec.choices is not None and value not in spec.choices:
         raise ConfigError(f"parameter {spec.name}: {value!r} is not one of {', '.join(spec.choices)}")
-    if spec.min is not None and not spec.min <= value <= spec.max:
+    if spec.min is not None and spec.max is not None and not spec.min <= cast(float, value) <= spec.max:
         raise ConfigError(f"parameter {spec.name}: {value} is outside [{spec.min}, {spec.max}]")
     return value
 

@@ -116,7 +116,9 @@ class LatestFrameWorker:
                     self._cond.wait()
                 if self._stop:
                     return
-                frame, self._pending = self._pending, None
+                frame = self._pending
+                self._pending = None
+            assert frame is not None
             try:
                 outcome = self.pipeline.process(frame)
             except (SelaVPRError, ValueError) as exc:  # one bad frame never stops the node

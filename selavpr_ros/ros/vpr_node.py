@@ -149,6 +149,7 @@ class VPRNode(Node):
 
     def _tf2_pose(self, frame: Frame) -> Pose | None:
         p = self.pipeline.params
+        assert self.tf_buffer is not None
         when = rclpy.time.Time(nanoseconds=frame.stamp_ns)
         try:
             t = self.tf_buffer.lookup_transform(p["pose.fixed_frame"], p["pose.camera_frame"] or frame.frame_id,

@@ -11,7 +11,7 @@ not reachable from the network, and ``CYCLONEDDS_URI`` is honoured on top.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,7 @@ def open_domain(domain_id: int, env: Mapping[str, str] | None = None) -> Any:
     return Domain(domain_id, config)
 
 
-def pin_loopback(env: dict[str, str] | None = None) -> dict[str, str]:
+def pin_loopback(env: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
     """Keep every DDS participant started from ``env`` (default: this process) on this machine.
 
     Sets ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (read by ROS 2 and by this
@@ -101,7 +101,7 @@ def pin_loopback(env: dict[str, str] | None = None) -> dict[str, str]:
     configuration (read by plain CycloneDDS programs and rmw_cyclonedds alike).
     The tests and benchmarks call this before any participant exists.
     """
-    env = os.environ if env is None else env  # type: ignore[assignment]
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env.setdefault("CYCLONEDDS_URI", LOCALHOST_CONFIG)
-    return env  # type: ignore[return-value]
+    target: MutableMapping[str, str] = os.environ if env is None else env
+    target["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    target.setdefault("CYCLONEDDS_URI", LOCALHOST_CONFIG)
+    return target

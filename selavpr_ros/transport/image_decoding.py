@@ -51,7 +51,7 @@ def shown(text: object, limit: int = 64) -> str:
     return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
 
 
-def _bytes(data) -> bytes | memoryview:
+def _bytes(data) -> bytes | bytearray | memoryview:
     if isinstance(data, np.ndarray):
         return data.tobytes()
     if isinstance(data, (bytes, bytearray, memoryview)):

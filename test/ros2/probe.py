@@ -2,7 +2,8 @@
 
 ``stream``   publish bundled Nordland frames (Image or CompressedImage) and collect the
              node's LoopClosureCandidateArray and /diagnostics messages;
-``services`` call ~/save_map, ~/set_mode, ~/reset and the parameter services with rclpy clients.
+``services`` call ~/save_map, ~/set_mode, ~/reset and the parameter services with rclpy clients;
+``diagnostics-rate`` count /diagnostics messages for a few seconds.
 
 It talks to the node only through ROS 2 (rclpy, rmw), never through the package's own DDS code.
 """
@@ -19,13 +20,15 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import TransformStamped
 from PIL import Image as PILImage
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
+from tf2_msgs.msg import TFMessage
 
 from selavpr_ros.msg import LoopClosureCandidateArray
 from selavpr_ros.srv import SaveMap, SetMode
@@ -62,10 +65,22 @@ def wait_for(node: Node, condition, timeout: float, what: str) -> None:
         rclpy.spin_once(node, timeout_sec=0.05)
 
 
+def transform(parent: str, child: str, stamp_ns: int, x: float) -> TransformStamped:
+    t = TransformStamped()
+    t.header.stamp.sec, t.header.stamp.nanosec = stamp_ns // 10**9, stamp_ns % 10**9
+    t.header.frame_id, t.child_frame_id = parent, child
+    t.transform.translation.x = x
+    t.transform.rotation.w = 1.0
+    return t
+
+
 def cmd_stream(args) -> dict:
     node = Node("vpr_probe")
     reliable = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
     pub = node.create_publisher(CompressedImage if args.compressed else Image, args.image_topic, reliable)
+    tf_pub = node.create_publisher(TFMessage, "/tf", QoSProfile(depth=100))
+    static_pub = node.create_publisher(TFMessage, "/tf_static", QoSProfile(
+        depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
     got: list = []
     diagnostics: list = []
     node.create_subscription(LoopClosureCandidateArray, args.candidates_topic, got.append, reliable)
@@ -73,15 +88,21 @@ def cmd_stream(args) -> dict:
     wait_for(node, lambda: pub.get_subscription_count() > 0, 90, f"a subscriber on {args.image_topic}")
     wait_for(node, lambda: node.count_publishers(args.candidates_topic) > 0, 30, "the candidate publisher")
     route = frames("summer", args.start, args.n, 3) + frames("winter", args.start, args.n, 3)
+    if args.tf:  # the camera 0.25 m ahead of base_link; the robot drives 1 m per frame, TF at 10 Hz
+        static_pub.publish(TFMessage(transforms=[transform("base_link", "cam_optical", 0, 0.25)]))
     stamps = []
     for i, rgb in enumerate(route):
         t = (i if i < args.n else 1000 + i) * 10**9 + 123
+        if args.tf:
+            tf_pub.publish(TFMessage(transforms=[transform("odom", "base_link", t + k * 10**8, i + k / 10)
+                                                 for k in range(-5, 6)]))
         pub.publish(image_msg(rgb, t, "cam_optical", args.compressed))
         stamps.append(t)
         end = time.monotonic() + args.period
         while time.monotonic() < end:
             rclpy.spin_once(node, timeout_sec=0.02)
-    wait_for(node, lambda: len(got) >= len(route), 60, "candidate arrays for every frame")
+    expect = len(route) if args.expect is None else args.expect
+    wait_for(node, lambda: len(got) >= expect, 60, f"{expect} candidate arrays")
     wait_for(node, lambda: len(diagnostics) > 0, 10, "/diagnostics")
     out = {
         "sent": stamps,
@@ -100,6 +121,19 @@ def cmd_stream(args) -> dict:
     }
     node.destroy_node()
     return out
+
+
+def cmd_diagnostics_rate(args) -> dict:
+    node = Node("vpr_diag_probe")
+    got: list = []
+    node.create_subscription(DiagnosticArray, "/diagnostics", got.append, 50)
+    wait_for(node, lambda: len(got) > 0, 30, "/diagnostics")
+    got.clear()
+    end = time.monotonic() + args.seconds
+    while time.monotonic() < end:
+        rclpy.spin_once(node, timeout_sec=0.02)
+    node.destroy_node()
+    return {"messages": len(got), "seconds": args.seconds}
 
 
 def _call(node: Node, client, request, timeout: float = 60.0):
@@ -162,13 +196,18 @@ def main() -> int:
     s.add_argument("--n", type=int, default=8)
     s.add_argument("--start", type=int, default=30)
     s.add_argument("--period", type=float, default=0.5)
+    s.add_argument("--tf", action="store_true", help="publish /tf and /tf_static for the frames")
+    s.add_argument("--expect", type=int, help="candidate arrays to wait for (default: one per frame)")
+    d = sub.add_parser("diagnostics-rate")
+    d.add_argument("--seconds", type=float, default=3.0)
     v = sub.add_parser("services")
     v.add_argument("--node", default="/vpr_node")
     v.add_argument("--copy-to", required=True)
     args = parser.parse_args()
     rclpy.init()
     try:
-        result = cmd_stream(args) if args.cmd == "stream" else cmd_services(args)
+        commands = {"stream": cmd_stream, "services": cmd_services, "diagnostics-rate": cmd_diagnostics_rate}
+        result = commands[args.cmd](args)
     finally:
         rclpy.try_shutdown()
     print(json.dumps(result))
