@@ -66,7 +66,7 @@ def test_runs_without_pytorch(tmp_path):
         import sys
         sys.modules["torch"] = None  # any import of torch now fails
         import numpy as np
-        from selavpr_ros.inference.extractor import open_extractor
+        from selavpr_ros.inference import open_extractor
         ex = open_extractor({str(path)!r}, device="cpu")
         out = ex.extract([np.zeros((30, 40, 3), np.uint8), np.full((10, 10), 200, np.uint8)])
         print(out.codes.shape, out.local_features.shape, ex.backend)

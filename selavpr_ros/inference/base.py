@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from selavpr_ros.inference.preprocess import preprocess_batch
-from selavpr_ros.models.config import PreprocessConfig
+from selavpr_ros.models.config import ModelConfig, PreprocessConfig
 from selavpr_ros.types import DescriptorLayout, Descriptors
 
 
@@ -33,6 +33,11 @@ class Extractor(abc.ABC):
     layout: DescriptorLayout
     model_id: str
     backend: str
+
+    @property
+    def config(self) -> ModelConfig:
+        """The validated model configuration (parses the method's options, which needs its code: PyTorch)."""
+        return ModelConfig.from_dict(self.model_config)
 
     @abc.abstractmethod
     def run(self, batch: np.ndarray) -> Descriptors:

@@ -26,6 +26,10 @@ class TorchExtractor(Extractor):
         self.layout = model.config.layout()
         self.model_id = model_id or getattr(model, "model_id", None) or f"{model.config.method}:unsaved"
 
+    @property
+    def config(self):
+        return self.model.config
+
     def run(self, batch: np.ndarray) -> Descriptors:
         import torch
 

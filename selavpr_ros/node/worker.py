@@ -106,7 +106,7 @@ class LatestFrameWorker:
         with self._cond:
             out: dict = dict(self.stats.summary())
             out["last_error"] = self.stats.last_error
-        out["worker_alive"] = self._thread.is_alive()
+        out["worker_alive"] = self._thread.is_alive() or self._stop  # stopped on purpose is not dead
         return out
 
     def _run(self) -> None:
