@@ -31,6 +31,8 @@ import numpy as np
 from _common import ROOT, save, table
 from PIL import Image
 
+WARM_UP_S = 30.0  # RSS before this (model load, allocator arenas reaching their size) is not in the slope
+
 
 def make_checkpoint(folder: Path) -> tuple[Path, float]:
     import torch
@@ -145,7 +147,7 @@ def run_load(transport: str, args, frames: list[np.ndarray], ckpt: Path, work: P
     node.communicate(timeout=120)
     t = np.array([s[0] for s in samples])
     r = np.array([s[1] for s in samples])
-    warm = t > 10
+    warm = t > WARM_UP_S
     slope = float(np.polyfit(t[warm], r[warm], 1)[0] * 60) if warm.sum() > 2 else float("nan")
     received, processed, dropped = (int(stats[k]) for k in ("received", "processed", "dropped"))
     return {
