@@ -23,6 +23,7 @@ from PIL import Image
 
 from selavpr_ros.datasets.base import EvalSet
 from selavpr_ros.datasets.map_data import load_map_eval
+from selavpr_ros.datasets.npy import load_npy
 from selavpr_ros.datasets.sequence import IMAGE_SUFFIXES, load_sequence_eval
 from selavpr_ros.datasets.utm import load_utm_eval
 from selavpr_ros.errors import DatasetError
@@ -70,9 +71,9 @@ def load_precomputed(root: Path, name: str | None = None) -> EvalSet:
     if not gts:
         raise DatasetError(f"{root}: no {name or '*'}_gt.npy")
     stem = gts[0].name[: -len("_gt.npy")]
-    db = np.load(root / f"{stem}_dbImages.npy", allow_pickle=True)
-    q = np.load(root / f"{stem}_qImages.npy", allow_pickle=True)
-    gt = np.load(gts[0], allow_pickle=True)
+    db = load_npy(root / f"{stem}_dbImages.npy")  # no pickle: files from a download are untrusted
+    q = load_npy(root / f"{stem}_qImages.npy")
+    gt = load_npy(gts[0])
     if len(gt) != len(q):
         raise DatasetError(f"{gts[0]}: ground truth for {len(gt)} queries, {len(q)} query images listed")
     return EvalSet(stem, [root / str(p) for p in db], [root / str(p) for p in q],

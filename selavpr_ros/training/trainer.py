@@ -266,7 +266,8 @@ class Trainer:
         if not path.is_file():
             return False
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            # Tensors and plain containers only: a planted state.pt must not run code.
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
             raise CheckpointError(f"{path}: cannot read training state ({exc}); delete it or pass --fresh") from None
         if state.get("resume_key") != self.cfg.resume_key():

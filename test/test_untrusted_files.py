@@ -1,0 +1,75 @@
+"""Files the package does not control — datasets, training folders — never run code (issue: untrusted inputs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from selavpr_ros.errors import CheckpointError, DatasetError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "selavpr_ros" / "data" / "nordland_demo"
+
+
+class _Payload:
+    """Unpickling this writes a marker file: proof that a loader ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_precomputed_dataset_files_cannot_run_code(tmp_path):
+    from selavpr_ros.evaluation.evaluate import load_precomputed
+
+    marker = tmp_path / "pwned"
+    evil = np.empty(1, object)
+    evil[0] = _Payload(marker)
+    np.save(tmp_path / "x_gt.npy", evil, allow_pickle=True)
+    np.save(tmp_path / "x_dbImages.npy", np.array(["a.jpg"]))
+    np.save(tmp_path / "x_qImages.npy", np.array(["b.jpg"]))
+    with pytest.raises(DatasetError, match=r"x_gt.npy: refused: refusing to load posix.system"):
+        load_precomputed(tmp_path)
+    assert not marker.exists()
+
+
+def test_precomputed_ragged_ground_truth_still_loads(tmp_path):
+    from selavpr_ros.evaluation.evaluate import load_precomputed
+
+    gt = np.empty(2, object)
+    gt[0], gt[1] = np.array([0, 1]), np.array([1])
+    np.save(tmp_path / "v_gt.npy", gt, allow_pickle=True)
+    np.save(tmp_path / "v_dbImages.npy", np.array(["db/0.jpg", "db/1.jpg"]))
+    np.save(tmp_path / "v_qImages.npy", np.array(["q/0.jpg", "q/1.jpg"]))
+    ev = load_precomputed(tmp_path)
+    assert [list(p) for p in ev.positives] == [[0, 1], [1]] and ev.database[1].name == "1.jpg"
+
+
+def test_planted_training_state_cannot_run_code(tmp_path):
+    from selavpr_ros.training.config import load_train_config
+    from selavpr_ros.training.trainer import Trainer
+
+    cfg = {
+        "data": {"kind": "sequence", "root": str(DEMO), "train_span": [0.0, 0.5], "val_span": [0.5, 1.0]},
+        "model": {"method": "selavpr++",
+                  "backbone": {"arch": "custom", "embed_dim": 64, "depth": 2, "num_heads": 1, "pretrain_grid": 4},
+                  "preprocess": {"height": 28, "width": 56, "normalize": "per_image"},
+                  "selavprpp": {"float_dim": 64, "mca_channels": [32, 16, 4, 8, 4, 8]}},
+        "augment": {"enabled": False}, "places_per_batch": 4, "images_per_place": 2, "epochs": 1,
+        "output": str(tmp_path / "run"),
+    }
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
+    trainer = Trainer(load_train_config(tmp_path / "train.yaml"), progress=False)
+    marker = tmp_path / "pwned"
+    (tmp_path / "run").mkdir(exist_ok=True)
+    torch.save({"resume_key": "x", "payload": _Payload(marker)}, tmp_path / "run" / "state.pt")
+    with pytest.raises(CheckpointError, match="cannot read training state"):
+        trainer.load_state()
+    assert not marker.exists()
