@@ -262,8 +262,8 @@ def test_save_map_copy_is_consistent_while_frames_arrive(tmp_path):
     for i, rgb in enumerate(imgs):
         worker.submit(Frame(image_msg(rgb, i * S), i * S, "cam"))
         if i % 10 == 9:
-            copies.append(tmp_path / f"copy{i}")
-            assert "copied" in pipe.save_map(str(copies[-1]))
+            copies.append(tmp_path / "map.snapshots" / f"copy{i}")
+            assert "copied" in pipe.save_map(copies[-1].name)
         time.sleep(0.02)
     wait_idle(worker)
     worker.stop()

@@ -95,14 +95,14 @@ def test_services_mode_reset_save(tmp_path, nordland):
         pipe.set_mode("slam")
     pipe.set_mode("mapping")
     assert "reset" in pipe.reset()
-    msg = pipe.save_map(str(tmp_path / "copy"))
+    msg = pipe.save_map("copy")
     assert "copied" in msg
     from selavpr_ros.mapdb.database import MapDatabase
 
-    with MapDatabase.open(tmp_path / "copy") as copy:
+    with MapDatabase.open(tmp_path / "map.snapshots" / "copy") as copy:
         assert copy.count == 5
     with pytest.raises(MapError, match="exists"):
-        pipe.save_map(str(tmp_path / "copy"))
+        pipe.save_map("copy")
     pipe.close()
 
 

@@ -134,8 +134,9 @@ def test_launch_image_stream_services_parameters_and_ctrl_c(ros_ws, tmp_path):
         assert any(d["name"].startswith("vpr_node") and "latency_p50_ms" in d["keys"] for d in got["diagnostics"])
 
         # Services through rclpy clients, parameters through the parameter services.
-        svc = probe(env, "services", "--node", "/vpr_node", "--copy-to", str(tmp_path / "copy"))
+        svc = probe(env, "services", "--node", "/vpr_node", "--copy-to", "copy")
         assert svc["save_map"]["success"] and "copied" in svc["save_map"]["message"]
+        assert not svc["save_map_escape"]["success"] and "refused" in svc["save_map_escape"]["message"]
         assert svc["reset"]["success"]
         assert not svc["set_mode_bad"]["success"] and "mode must be" in svc["set_mode_bad"]["message"]
         assert svc["set_mode"]["success"] and svc["after_set_mode"][0] == "localization"
@@ -144,7 +145,10 @@ def test_launch_image_stream_services_parameters_and_ctrl_c(ros_ws, tmp_path):
         assert not svc["set_read_only"]["successful"] and "read-only" in svc["set_read_only"]["reason"]
         assert svc["set_mode_param"]["successful"]
         assert svc["final"] == ["mapping", 0.6, str(m)]
-        map_check(env, tmp_path / "copy")
+        map_check(env, tmp_path / "map.snapshots" / "copy")
+        out = run(env, "ros2", "service", "call", "/vpr_node/save_map", "selavpr_ros/srv/SaveMap", "{path: /etc/x}")
+        assert "success=False" in out.stdout.replace(" ", "") and "refused" in out.stdout
+        assert not (tmp_path / "etc").exists() and not Path("/etc/x").exists()
 
         # The same through the ros2 command line tools.
         out = run(env, "ros2", "service", "call", "/vpr_node/set_mode", "selavpr_ros/srv/SetMode",

@@ -73,3 +73,27 @@ def test_planted_training_state_cannot_run_code(tmp_path):
     with pytest.raises(CheckpointError, match="cannot read training state"):
         trainer.load_state()
     assert not marker.exists()
+
+
+def test_save_map_names_stay_in_the_snapshot_folder(tmp_path):
+    """~/save_map's name comes from any DDS peer: no absolute paths, '..', '~', and a bounded count."""
+    from conftest import demo_images
+
+    from selavpr_ros.errors import MapError
+    from selavpr_ros.node.params import validate
+    from selavpr_ros.node.pipeline import Frame, VPRPipeline
+    from selavpr_ros.transport.image_decoding import encode_image
+    from selavpr_ros.transport.msgtypes import message
+
+    pipe = VPRPipeline(validate({"map_path": str(tmp_path / "map"), "device": "cpu", "max_snapshots": 2}))
+    rgb = demo_images("summer", 0, 1)[0]
+    pipe.process(Frame(message("sensor_msgs/msg/Image", **encode_image(rgb)), 1, "cam"))
+    for bad in ("/tmp/elsewhere", "../up", "a/../../b", "~/home", ".hidden", "a/b", "x" * 200):
+        with pytest.raises(ValueError, match="refused"):
+            pipe.save_map(bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map"]
+    assert "copied" in pipe.save_map("one") and "copied" in pipe.save_map("two")
+    with pytest.raises(MapError, match="max_snapshots"):
+        pipe.save_map("three")
+    assert sorted(p.name for p in (tmp_path / "map.snapshots").iterdir()) == ["one", "two"]
+    pipe.close()

@@ -52,6 +52,10 @@ PARAMS: tuple[ParamSpec, ...] = (
               "localization: query the map read-only", choices=("mapping", "localization")),
     ParamSpec("session", "live", "Map session that mapping mode appends to"),
     ParamSpec("frame_id", "", "Camera frame for the candidates' header; empty = the image's frame_id"),
+    ParamSpec("snapshot_dir", "", "Folder of the copies ~/save_map makes (a name in the request picks the copy); "
+              "empty = '<map_path>.snapshots' beside the map", read_only=True),
+    ParamSpec("max_snapshots", 20, "Most copies ~/save_map keeps in snapshot_dir; further requests are refused",
+              0, 10000),
     ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics messages (s)", 0.1, 60.0),
     ParamSpec("max_image_pixels", 25_000_000, "Refuse frames with more pixels than this, before decoding them "
               "(bounds memory against hostile or broken streams)", 1, 1_000_000_000),

@@ -6,6 +6,7 @@ demo all drive this class, so everything the robot runs is exercised here.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -23,8 +24,10 @@ from selavpr_ros.loop_closure.engine import FrameResult, LoopCandidate, LoopClos
 from selavpr_ros.mapdb.database import DB_NAME, MapDatabase
 from selavpr_ros.models.zoo import resolve_checkpoint
 from selavpr_ros.node.params import loop_closure_config
-from selavpr_ros.transport.image_decoding import decode_any
+from selavpr_ros.transport.image_decoding import decode_any, shown
 from selavpr_ros.types import KeyframeRecord, Pose, header_fields, ns_to_stamp
+
+SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
 @dataclass
@@ -134,6 +137,7 @@ class VPRPipeline:
         self.engine = LoopClosureEngine(self.db, self.lc_config)
         self.stamps = StampGuard(int(float(params["max_stamp_jump_s"]) * 1e9))
         self.pose_lookup: Callable[[Frame], Pose | None] | None = None
+        self._copying = threading.Lock()
         self.frames_without_pose = 0
 
     @property
@@ -199,20 +203,43 @@ class VPRPipeline:
             self.engine = LoopClosureEngine(self.db, self.lc_config)
         return "loop-closure state reset"
 
-    def save_map(self, path: str = "") -> str:
-        """Entries are committed as they are added; this checkpoints the WAL and optionally copies the map.
+    @property
+    def snapshot_dir(self) -> Path:
+        configured = str(self.params.get("snapshot_dir", ""))
+        if configured:
+            return Path(configured).expanduser()
+        return self.map_path.with_name(self.map_path.name + ".snapshots")
 
-        The copy is a consistent snapshot taken without stopping the node: only
-        its first, brief step holds the map (frames keep being processed).
+    def save_map(self, name: str = "") -> str:
+        """Entries are committed as they are added; this checkpoints the WAL and, given a snapshot
+        ``name``, copies the map to ``snapshot_dir/name``.
+
+        ``name`` comes from any peer on the DDS domain: it must be one plain path
+        component, at most ``max_snapshots`` copies exist, and one copy runs at a
+        time. The copy is a consistent snapshot taken without stopping the node:
+        only its first, brief step holds the map (frames keep being processed).
         """
         with self.lock:
             db = self.db
             if db.writable:
                 db.query("PRAGMA wal_checkpoint(TRUNCATE)")
-            if not path:
+            if not name:
                 return f"map {self.map_path} is up to date ({db.count} keyframes)"
-        count = db.snapshot(path)
-        return f"map copied to {Path(path).expanduser()} ({count} keyframes)"
+        if not SNAPSHOT_NAME.fullmatch(name) or len(name) > 128:
+            raise ValueError(f"snapshot name {shown(name)} refused: give one name of letters, digits, '.', '_', '-' "
+                             "(no '/', '..', '~' or leading '.'); copies go to the node's snapshot_dir")
+        folder = self.snapshot_dir
+        if not self._copying.acquire(blocking=False):
+            raise MapError("another copy of the map is in progress; try again when it is done")
+        try:
+            existing = [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+            if len(existing) >= int(self.params.get("max_snapshots", 20)):
+                raise MapError(f"{folder} holds {len(existing)} snapshots, the max_snapshots limit; remove some")
+            folder.mkdir(parents=True, exist_ok=True)
+            count = db.snapshot(folder / name)
+        finally:
+            self._copying.release()
+        return f"map copied to {folder / name} ({count} keyframes)"
 
     def update_params(self, changes: dict[str, Any]) -> str:
         """Apply validated run-time parameter changes all at once, or none of them.

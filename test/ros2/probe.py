@@ -156,6 +156,8 @@ def cmd_services(args) -> dict:
     target = args.node
     out: dict = {}
     save = node.create_client(SaveMap, f"{target}/save_map")
+    r = _call(node, save, SaveMap.Request(path="../../escape"))
+    out["save_map_escape"] = {"success": r.success, "message": r.message}
     r = _call(node, save, SaveMap.Request(path=args.copy_to))
     out["save_map"] = {"success": r.success, "message": r.message}
     reset = node.create_client(Trigger, f"{target}/reset")
