@@ -276,3 +276,26 @@ def test_save_map_copy_is_consistent_while_frames_arrive(tmp_path):
             assert db.records(list(range(db.count)))[-1].keyframe_id == db.count - 1
     assert counts == sorted(counts) and counts[-1] <= pipe.db.count
     pipe.close()
+
+
+def test_megabyte_frame_ids_never_reach_the_map(tmp_path):
+    """A peer's 2 MB frame_id is a bad frame: the map and the published candidates stay small."""
+    pipe = VPRPipeline(params(tmp_path, **{"loop_closure.keyframe.min_interval_s": 0.0}))
+    worker = LatestFrameWorker(pipe, lambda o: None)
+    rgb = demo_images("summer", 0, 1)[0]
+    huge = "f" * (2 << 20)
+    for i in range(8):
+        worker.submit(Frame(image_msg(rgb, i * S), i * S, huge))
+        wait_idle(worker, 10)
+    worker.submit(Frame(image_msg(rgb, 9 * S), 9 * S, "cam"))
+    wait_idle(worker)
+    snap = worker.snapshot()
+    worker.stop()
+    assert snap["bad_frames"] == 8 and snap["processed"] == 1 and "frame_id of 2097152 characters" in snap["last_error"]
+    size = sum(f.stat().st_size for f in (tmp_path / "map").iterdir())
+    assert size < 1_000_000 and pipe.db.count == 1
+    long_format = message("sensor_msgs/msg/CompressedImage", format="jpeg" + " " * 300,
+                          data=np.frombuffer(b"\xff\xd8", np.uint8))
+    with pytest.raises(ImageError, match="format of 304 characters exceeds the limit of 256"):
+        decode_any(long_format)
+    pipe.close()

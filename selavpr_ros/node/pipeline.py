@@ -24,7 +24,7 @@ from selavpr_ros.loop_closure.engine import FrameResult, LoopCandidate, LoopClos
 from selavpr_ros.mapdb.database import DB_NAME, MapDatabase
 from selavpr_ros.models.zoo import resolve_checkpoint
 from selavpr_ros.node.params import loop_closure_config
-from selavpr_ros.transport.image_decoding import decode_any, shown
+from selavpr_ros.transport.image_decoding import check_string_field, decode_any, shown
 from selavpr_ros.types import KeyframeRecord, Pose, header_fields, ns_to_stamp
 
 SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -164,6 +164,7 @@ class VPRPipeline:
 
     def process_rgb(self, rgb: np.ndarray, frame: Frame, timings: dict[str, float] | None = None) -> FrameOutcome:
         timings = dict(timings or {})
+        frame.frame_id = check_string_field("frame_id", frame.frame_id)  # stored per keyframe: bounded
         with self.lock:
             verdict = self.stamps.check(frame.stamp_ns, frame.received)
             if verdict == "jump":

@@ -44,6 +44,21 @@ COMPRESSED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
 SUPPORTED_ENCODINGS = sorted(list(_RAW) + [f"bayer_{p}{b}" for p in _BAYER for b in (8, 16)] + list(_YUV))
 
 
+MAX_STRING_FIELD = 256  # characters of a string field from the wire (frame_id, encoding, format) we accept
+
+
+def check_string_field(name: str, value: object) -> str:
+    """A string field from the wire, refused (ImageError) when longer than :data:`MAX_STRING_FIELD`.
+
+    Such strings are stored per keyframe and echoed in every candidate; a peer must not
+    be able to grow the map or the output by sending megabyte frame ids.
+    """
+    text = str(value)
+    if len(text) > MAX_STRING_FIELD:
+        raise ImageError(f"{name} of {len(text)} characters exceeds the limit of {MAX_STRING_FIELD}: {shown(text)}")
+    return text
+
+
 def shown(text: object, limit: int = 64) -> str:
     """``repr`` of a value from the wire, cut to ``limit`` characters: a 1 MiB encoding
     string must not be echoed into logs and diagnostics."""
@@ -114,7 +129,7 @@ def _yuv422(msg, order: str) -> np.ndarray:
 def decode_image(msg, max_pixels: int | None = None) -> np.ndarray:
     """``sensor_msgs/Image`` -> (H, W, 3) uint8 RGB; more than ``max_pixels`` is refused first."""
     check_pixel_budget(int(msg.height), int(msg.width), max_pixels, "image")
-    encoding = str(msg.encoding).strip().lower()
+    encoding = check_string_field("encoding", msg.encoding).strip().lower()
     if encoding in _DEPTH:
         raise ImageError(
             f"encoding {shown(msg.encoding)} is a depth image, not a camera image; "
@@ -140,7 +155,7 @@ def decode_compressed(msg, max_pixels: int | None = None) -> np.ndarray:
 
     The pixel budget is checked on the encoded header, before pixels are allocated.
     """
-    fmt = str(msg.format).lower()
+    fmt = check_string_field("format", msg.format).lower()
     if "compresseddepth" in fmt:
         raise ImageError(f"format {shown(msg.format)} is a compressed depth image, not a camera image")
     data = _bytes(msg.data)
