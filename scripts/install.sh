@@ -7,6 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
+if ! "$PY" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)' 2>/dev/null && [ -z "${CI:-}" ]; then
+    echo "install.sh: warning: $("$PY" -c 'import sys; print(sys.executable)') is not a virtual environment;" \
+         "pip will install into it directly (see README: a venv with --system-site-packages on ROS 2)" >&2
+fi
 if ! "$PY" -c "import torch" 2>/dev/null; then
     # shellcheck disable=SC2086
     "$PY" -m pip install --quiet ${TORCH_SPEC:-torch==2.13.0}

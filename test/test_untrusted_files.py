@@ -97,3 +97,16 @@ def test_save_map_names_stay_in_the_snapshot_folder(tmp_path):
         pipe.save_map("three")
     assert sorted(p.name for p in (tmp_path / "map.snapshots").iterdir()) == ["one", "two"]
     pipe.close()
+
+
+def test_dependency_floors_exclude_unsafe_loaders():
+    import configparser
+
+    from selavpr_ros.models.weights import torch_loader_advisory
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    assert "torch>=2.10" in cfg["options"]["install_requires"]
+    assert "onnxruntime>=1.20" in cfg["options.extras_require"]["onnx"]
+    assert torch_loader_advisory("2.5.1+cpu") and "CVE-2025-32434" in torch_loader_advisory("2.5.1")
+    assert torch_loader_advisory("2.10.0") is None and torch_loader_advisory("2.13.0+cpu") is None

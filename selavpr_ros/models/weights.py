@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,29 @@ def resolve_weights(source: str | os.PathLike, backbone: BackboneConfig | None =
     return path
 
 
+# torch.load(weights_only=True) is the safe loader only from these releases on:
+# CVE-2025-32434 (code execution, fixed in 2.6) and CVE-2026-24747 (memory corruption, fixed in 2.10).
+SAFE_TORCH = (2, 10)
+
+
+def torch_loader_advisory(version: str | None = None) -> str | None:
+    """A warning text when this PyTorch's loader has known advisories (None when it is current)."""
+    text = version or torch.__version__
+    try:
+        major, minor = (int(v) for v in text.split("+")[0].split(".")[:2])
+    except ValueError:
+        return None
+    if (major, minor) >= SAFE_TORCH:
+        return None
+    return (f"PyTorch {text} predates {SAFE_TORCH[0]}.{SAFE_TORCH[1]}: its torch.load(weights_only=True) is affected "
+            "by CVE-2025-32434 / CVE-2026-24747; load only checkpoints you trust, or upgrade PyTorch")
+
+
 def read_weights_file(path: str | os.PathLike) -> Any:
     """``torch.load`` with safe unpickling and errors that say what is wrong with the file."""
+    advisory = torch_loader_advisory()
+    if advisory:
+        warnings.warn(advisory, RuntimeWarning, stacklevel=2)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
