@@ -110,3 +110,29 @@ def test_dependency_floors_exclude_unsafe_loaders():
     assert "onnxruntime>=1.20" in cfg["options.extras_require"]["onnx"]
     assert torch_loader_advisory("2.5.1+cpu") and "CVE-2025-32434" in torch_loader_advisory("2.5.1")
     assert torch_loader_advisory("2.10.0") is None and torch_loader_advisory("2.13.0+cpu") is None
+
+
+def test_downloads_are_cached_by_full_url_and_verified(tmp_path, monkeypatch):
+    """No network here: the download function is replaced by a local copy; the cache logic is the real one."""
+    import torch.hub
+
+    from selavpr_ros.models import weights
+
+    monkeypatch.setenv("SELAVPR_CACHE", str(tmp_path / "cache"))
+    served = {"https://dl.example/a/dinov2_vitb14_pretrain.pth": b"official",
+              "https://evil.example/x/dinov2_vitb14_pretrain.pth": b"other"}
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda url, dst, progress=True: Path(dst).write_bytes(served[url]))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "dinov2_vitb14_pretrain.pth").write_bytes(b"planted")  # the old, name-only cache slot
+    a = weights.download_cached("https://dl.example/a/dinov2_vitb14_pretrain.pth")
+    b = weights.download_cached("https://evil.example/x/dinov2_vitb14_pretrain.pth")
+    assert a.read_bytes() == b"official" and b.read_bytes() == b"other" and a != b
+    assert weights.download_cached("https://dl.example/a/dinov2_vitb14_pretrain.pth") == a  # reused
+    a.write_bytes(b"tampered")
+    with pytest.raises(CheckpointError, match="does not match its SHA-256"):
+        weights.download_cached("https://dl.example/a/dinov2_vitb14_pretrain.pth")
+    monkeypatch.setitem(weights.KNOWN_SHA256, "https://dl.example/c/w.pth", "0" * 64)
+    served["https://dl.example/c/w.pth"] = b"not what was published"
+    with pytest.raises(CheckpointError, match="not the published"):
+        weights.download_cached("https://dl.example/c/w.pth")

@@ -59,7 +59,7 @@ class RowArray:
         if data.shape[1:] != self.shape:
             raise MapError(f"{self.path.name}: rows have shape {data.shape[1:]}, the map stores {self.shape}")
         buf = data.reshape(-1).view(np.uint8).data  # a byte memoryview of the contiguous rows
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             offset = start * self.row_bytes
             while buf:
@@ -83,7 +83,11 @@ class RowArray:
         keep = rows * self.row_bytes
         if size > keep:
             self.close()
-            os.truncate(self.path, keep)
+            fd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW)  # never truncate through a link
+            try:
+                os.ftruncate(fd, keep)
+            finally:
+                os.close(fd)
             return size - keep
         return 0
 

@@ -41,6 +41,17 @@ from selavpr_ros.types import DescriptorLayout, Descriptors, KeyframeRecord, Pos
 SCHEMA_VERSION = 1
 
 
+def _refuse_links(path: Path) -> None:
+    """Refuse a map folder holding symbolic links: map tools write, truncate and lock these files,
+    and a planted link would turn them against files outside the map."""
+    for entry in (*path.iterdir(), *((path / "images").iterdir() if (path / "images").is_dir() else ())):
+        if entry.is_symlink():
+            raise MapError(
+                f"{entry}: map entry is a symbolic link (to {os.readlink(entry)}); map files must be regular files "
+                "inside the map folder, refusing to open the map"
+            )
+
+
 class _limited:
     """A read-only file view of the first ``size`` bytes (for copying committed rows only)."""
 
@@ -131,6 +142,7 @@ class MapDatabase:
         if path.exists() and any(p.suffix == ".bin" for p in path.iterdir()):
             raise MapError(f"{path}: holds array files but no {DB_NAME}; refusing to overwrite a damaged map")
         path.mkdir(parents=True, exist_ok=True)
+        _refuse_links(path)
         lock = cls._acquire_lock(path)
         stored = StoredLayout(layout, storage or StorageConfig())
         conn = cls._connect(path / DB_NAME, writable=True)
@@ -159,6 +171,7 @@ class MapDatabase:
             raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
         if not path.is_dir():
             raise MapError(f"{path}: map not found (no such directory); build one with `selavpr-ros build-map`")
+        _refuse_links(path)
         if not (path / DB_NAME).is_file():
             if any(p.suffix == ".bin" for p in path.iterdir()):
                 raise MapError(f"{path}: {DB_NAME} is missing but array files exist; the map's metadata is lost")
@@ -187,7 +200,8 @@ class MapDatabase:
 
     @staticmethod
     def _acquire_lock(path: Path):
-        lock = open(path / LOCK_NAME, "a+")  # noqa: SIM115 - held for the map's lifetime
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # a planted link fails here
+        lock = os.fdopen(fd, "r+")
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -230,6 +244,7 @@ class MapDatabase:
             array.check(self.info.count)
         self._deleted = {r for (r,) in self._conn.execute("SELECT row FROM keyframes WHERE deleted = 1")}
         self._sessions = {name: sid for sid, name in self._conn.execute("SELECT id, name FROM sessions")}
+        self._changes = self._read_changes()
         # The frame of each pose (REP 105) came after schema 1's first release: an additive column,
         # added when a writer opens an older map; readers of such a map see it empty.
         columns = {c[1] for c in self._conn.execute("PRAGMA table_info(keyframes)")}
@@ -460,6 +475,7 @@ class MapDatabase:
             rows = [r for (r,) in self._conn.execute("SELECT row FROM keyframes WHERE session_id = ?", (sid,))]
             self._conn.execute("UPDATE keyframes SET deleted = 1 WHERE session_id = ?", (sid,))
             self._conn.execute("UPDATE sessions SET deleted = 1 WHERE id = ?", (sid,))
+            self._bump_changes()
             self._conn.execute("COMMIT")
             self._deleted.update(rows)
             return len(rows)
@@ -496,6 +512,7 @@ class MapDatabase:
             self._conn.execute("UPDATE keyframes SET row = -1 - row WHERE row < 0")
             self._conn.execute("UPDATE meta SET value = ? WHERE key = 'count'", (str(len(keep)),))
             self._conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(new_gen),))
+            self._bump_changes()
             self._conn.execute("COMMIT")
             removed = self.info.count - len(keep)
             for array in self._arrays.values():
@@ -506,13 +523,36 @@ class MapDatabase:
             return {"kept": len(keep), "removed": removed}
 
     # -- reading ----------------------------------------------------------------
+    def _bump_changes(self) -> None:
+        """Count a change that is not an append (session deletion, compaction), inside the caller's
+        transaction, so that readers in other processes know to reload what they cached."""
+        self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('changes', '1') "
+            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
+
+    def _read_changes(self) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'changes'").fetchone()
+        return int(row[0]) if row else 0
+
     def refresh(self) -> bool:
-        """Pick up keyframes committed by another process; True when the map changed."""
+        """Pick up what another process committed; True when the map changed.
+
+        Appends change ``count``; compaction changes ``generation``; deleting a
+        session changes neither, so every such change also bumps ``changes``.
+        """
         with self._mutex:
-            meta = dict(self._conn.execute("SELECT key, value FROM meta WHERE key IN ('count', 'generation')"))
-            count, gen = int(meta["count"]), int(meta["generation"])
+            meta = dict(self._conn.execute(
+                "SELECT key, value FROM meta WHERE key IN ('count', 'generation', 'changes')"))
+            count, gen, changes = int(meta["count"]), int(meta["generation"]), int(meta.get("changes", 0))
             if gen != self.info.generation:
                 self._load_meta()
+                return True
+            if changes != self._changes:
+                self._changes = changes
+                self.info.count = count
+                self._deleted = {r for (r,) in self._conn.execute("SELECT row FROM keyframes WHERE deleted = 1")}
+                self._sessions = {name: sid for sid, name in self._conn.execute("SELECT id, name FROM sessions")}
                 return True
             if count != self.info.count:
                 self.info.count = count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import warnings
@@ -23,6 +24,49 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV, Path.home() / ".cache" / "selavpr_ros"))
 
 
+# SHA-256 of published files, by URL, checked on download and on every reuse when listed. For other
+# URLs the digest taken at download is recorded beside the file and checked on reuse.
+KNOWN_SHA256: dict[str, str] = {}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_cached(url: str) -> Path:
+    """``url`` downloaded once into the cache, keyed by the full URL (not just its file name), and
+    verified against its known or recorded SHA-256 every time it is reused."""
+    name = Path(url.split("?")[0]).name or "download"
+    target = cache_dir() / "downloads" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+    recorded = target.with_name(target.name + ".sha256")
+    if target.is_file() and not target.is_symlink():
+        expected = KNOWN_SHA256.get(url) or (recorded.read_text().strip() if recorded.is_file() else "")
+        if not expected or _sha256(target) != expected:
+            raise CheckpointError(f"{target}: cached download of {url} does not match its SHA-256 "
+                                  f"({'no digest recorded' if not expected else 'changed since download'}); "
+                                  "delete it to download again")
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    try:
+        torch.hub.download_url_to_file(url, str(partial), progress=True)
+    except Exception as exc:  # network errors come in many types
+        raise CheckpointError(
+            f"could not download {url}: {exc}. Download it by hand and pass the local path instead."
+        ) from None
+    digest = _sha256(partial)
+    if url in KNOWN_SHA256 and digest != KNOWN_SHA256[url]:
+        partial.unlink()
+        raise CheckpointError(f"download of {url} has SHA-256 {digest}, not the published {KNOWN_SHA256[url]}")
+    recorded.write_text(digest + "\n")
+    partial.replace(target)
+    return target
+
+
 def resolve_weights(source: str | os.PathLike, backbone: BackboneConfig | None = None) -> Path:
     """A local path for ``source``: an existing file, an URL (downloaded once), or
     ``official`` (the DINOv2 release for ``backbone``). Local paths never download."""
@@ -32,18 +76,7 @@ def resolve_weights(source: str | os.PathLike, backbone: BackboneConfig | None =
             raise CheckpointError("weights 'official' needs a backbone configuration")
         source = backbone.official_url()
     if re.match(r"^https?://", source):
-        target = cache_dir() / Path(source.split("?")[0]).name
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(target.suffix + ".part")
-            try:
-                torch.hub.download_url_to_file(source, str(partial), progress=True)
-            except Exception as exc:  # network errors come in many types
-                raise CheckpointError(
-                    f"could not download {source}: {exc}. Download it by hand and pass the local path instead."
-                ) from None
-            partial.replace(target)
-        return target
+        return download_cached(source)
     path = Path(source).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")

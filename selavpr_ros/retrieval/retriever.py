@@ -63,6 +63,7 @@ class Retriever:
         )
         self._float_index: faiss.IndexFlatIP | None = None
         self._synced = 0
+        self._generation = database.info.generation  # rows are renumbered when this changes (compaction)
         self.sync()
 
     @property
@@ -78,7 +79,7 @@ class Retriever:
         """Index keyframes committed since the last call; returns how many were added."""
         self.db.refresh()
         n = self.db.count
-        if n < self._synced:  # compacted: start over
+        if self.db.info.generation != self._generation or n < self._synced:  # compacted: rows renumbered
             type(self).__init__(self, self.db, self.config)
             return n
         new = n - self._synced
