@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
@@ -21,7 +22,14 @@ from torch import Tensor
 from selavpr_ros.errors import CheckpointError
 from selavpr_ros.models.registry import list_releases
 from selavpr_ros.models.vpr import VPRModel
-from selavpr_ros.models.weights import describe_backbone, load_strict, read_weights_file, resolve_weights
+from selavpr_ros.models.weights import (
+    check_finite,
+    describe_backbone,
+    infer_backbone,
+    load_strict,
+    read_weights_file,
+    resolve_weights,
+)
 
 # (source pattern, target template or function of the match); the first match wins.
 Rule = tuple[str, "str | Callable[[re.Match[str]], str]"]
@@ -51,6 +59,21 @@ def detect_release(obj: Any) -> str | None:
         if spec.detect is not None and spec.detect(sd):
             return kind
     return None
+
+
+def read_release(
+    source: str | os.PathLike, is_release: Callable[[dict[str, Tensor]], bool], what: str
+) -> tuple[Path, dict[str, Tensor], dict[str, Any]]:
+    """(local path, bare state dict, trunk sizes) of a released file; refuses another release's file.
+
+    ``what`` describes the release for the error, e.g. ``"SelaVPR release (no adapter1 weights)"``.
+    """
+    path = resolve_weights(source)
+    sd = unwrap_state_dict(read_weights_file(path))
+    if not is_release(sd):
+        raise CheckpointError(f"{path}: not a {what}")
+    check_finite(sd, str(path))
+    return path, sd, infer_backbone(sd, prefix="backbone.")
 
 
 def remap(sd: dict[str, Tensor], rules: list[Rule], source: str) -> dict[str, Tensor]:

@@ -19,11 +19,10 @@ from selavpr_ros.errors import CheckpointError
 from selavpr_ros.models.adapters import BottleneckAdapter
 from selavpr_ros.models.config import GeMConfig, MethodConfig, ModelConfig
 from selavpr_ros.models.heads import GeMHead, LocalUpconvHead
-from selavpr_ros.models.importers import Rule, backbone_section, load_mapped, remap, unwrap_state_dict
+from selavpr_ros.models.importers import Rule, backbone_section, load_mapped, read_release, remap
 from selavpr_ros.models.registry import MethodSpec, register_method
 from selavpr_ros.models.vit import Block
 from selavpr_ros.models.vpr import VPRModel, build_model
-from selavpr_ros.models.weights import check_finite, infer_backbone, read_weights_file, resolve_weights
 
 
 @dataclass
@@ -102,12 +101,7 @@ def import_selavpr(
     if config is not None:
         raise CheckpointError("--config applies to dinov2 imports only; a selavpr release fixes its own model")
     height, width = size or (224, 224)
-    path = resolve_weights(path)
-    sd = unwrap_state_dict(read_weights_file(path))
-    if not is_selavpr_release(sd):
-        raise CheckpointError(f"{path}: not a SelaVPR release (no adapter1/LocalAdapt weights)")
-    check_finite(sd, str(path))
-    info = infer_backbone(sd, prefix="backbone.")
+    path, sd, info = read_release(path, is_selavpr_release, "SelaVPR release (no adapter1/LocalAdapt weights)")
     model_config = ModelConfig.from_dict(
         {
             "method": "selavpr",

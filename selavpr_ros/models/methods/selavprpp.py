@@ -22,10 +22,9 @@ from selavpr_ros.errors import CheckpointError
 from selavpr_ros.models.adapters import MultiConvAdapter
 from selavpr_ros.models.config import GeMConfig, MethodConfig, ModelConfig
 from selavpr_ros.models.heads import GeMHead
-from selavpr_ros.models.importers import Rule, backbone_section, load_mapped, remap, unwrap_state_dict
+from selavpr_ros.models.importers import Rule, backbone_section, load_mapped, read_release, remap
 from selavpr_ros.models.registry import MethodSpec, register_method
 from selavpr_ros.models.vpr import VPRModel, build_model
-from selavpr_ros.models.weights import check_finite, infer_backbone, read_weights_file, resolve_weights
 
 # Float descriptor width of the reference per trunk.
 _FLOAT_DIMS = {"vits14": 1024, "vitb14": 2048, "vitl14": 4096, "vitg14": 4096}
@@ -218,12 +217,7 @@ def import_selavprpp(
     if config is not None:
         raise CheckpointError("--config applies to dinov2 imports only; a selavpr++ release fixes its own model")
     height, width = size or (322, 322)
-    path = resolve_weights(path)
-    sd = unwrap_state_dict(read_weights_file(path))
-    if not is_selavprpp_release(sd):
-        raise CheckpointError(f"{path}: not a SelaVPR++ release (no backbone.adapters weights)")
-    check_finite(sd, str(path))
-    info = infer_backbone(sd, prefix="backbone.")
+    path, sd, info = read_release(path, is_selavprpp_release, "SelaVPR++ release (no backbone.adapters weights)")
     branches = []
     if any(k.startswith("backbone.adapters.") for k in sd):
         branches.append("float")
