@@ -41,7 +41,7 @@ NAVSATFIX = "sensor_msgs/msg/NavSatFix"
 TFMESSAGE = "tf2_msgs/msg/TFMessage"
 SUPPORTED = (ODOMETRY, POSE_STAMPED, POSE_COV, NAVSATFIX, TFMESSAGE)
 _ALIASES = {"tf/msg/tfMessage": TFMESSAGE}  # ROS 1 tf (same fields)
-_IDENTITY = np.array([0.0, 0.0, 0.0, 1.0])
+IDENTITY_QUAT = np.array([0.0, 0.0, 0.0, 1.0])
 
 
 # --- quaternions (x, y, z, w), vectorised over leading axes -----------------------------------------------------------
@@ -81,7 +81,7 @@ def normalize_quats(q: np.ndarray) -> np.ndarray:
     q = np.asarray(q, np.float64).reshape(-1, 4)
     norm = np.linalg.norm(q, axis=1)
     bad = ~np.isfinite(norm) | (norm < 1e-9)
-    out = np.where(bad[:, None], _IDENTITY, q / np.where(bad, 1.0, norm)[:, None])
+    out = np.where(bad[:, None], IDENTITY_QUAT, q / np.where(bad, 1.0, norm)[:, None])
     return out
 
 
@@ -346,7 +346,7 @@ def _navsat_track(topic: str, messages: _Messages) -> PoseTrack:
         c[:, :3, :3] = np.asarray(covs)[order]  # NavSatFix covariance is already east/north/up (m^2)
         c[:, 3, 3] = c[:, 4, 4] = c[:, 5, 5] = UNKNOWN_ROTATION_VARIANCE
         covariances = c.reshape(-1, 36)
-    return PoseTrack(stamps, enu, np.tile(_IDENTITY, (len(rows), 1)), covariances, "enu", NAVSATFIX,
+    return PoseTrack(stamps, enu, np.tile(IDENTITY_QUAT, (len(rows), 1)), covariances, "enu", NAVSATFIX,
                      skipped=messages.skipped + no_fix)
 
 
@@ -404,7 +404,7 @@ def _edge_at(edge: _Edge, stamps: np.ndarray, hold_ns: int | None) -> tuple[np.n
     return pos, slerp(rots[i0], rots[i1], a), ok
 
 
-def _root_path(frame: str, parents: dict[str, str]) -> list[str]:
+def root_path(frame: str, parents: dict[str, str]) -> list[str]:
     """``frame``, its parent, grandparent ... up to the root (stops at a cycle)."""
     path = [frame]
     while path[-1] in parents and parents[path[-1]] not in path:
@@ -438,7 +438,7 @@ def _tf_track(reader: AnyReader, topic: str, conns: list[Connection], base_frame
         raise BagError(f"frame {', '.join(repr(f) for f in missing)} not in '{topic}'"
                        f"{' or /tf_static' if static_conns else ''}; frames: {', '.join(frames) or 'none'} "
                        f"(transforms: {listing()})")
-    up_base, up_map = _root_path(base_frame, parents), _root_path(map_frame, parents)
+    up_base, up_map = root_path(base_frame, parents), root_path(map_frame, parents)
     common = next((f for f in up_base if f in up_map), None)
     if common is None:
         raise BagError(f"no transform chain from '{map_frame}' to '{base_frame}': they are in separate trees; "
@@ -460,7 +460,7 @@ def _tf_track(reader: AnyReader, topic: str, conns: list[Connection], base_frame
     def to_common(chain: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """T_common_frame at every stamp by composing the edges upward."""
         nonlocal ok
-        pos, rot = np.zeros((n, 3)), np.tile(_IDENTITY, (n, 1))
+        pos, rot = np.zeros((n, 3)), np.tile(IDENTITY_QUAT, (n, 1))
         for child in chain:
             if child in dynamic:
                 t, q, good = _edge_at(dynamic[child], stamps, None if child == base_frame else hold_ns)

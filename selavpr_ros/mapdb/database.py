@@ -39,30 +39,6 @@ from selavpr_ros.mapdb.records import FLAG_HAS_POSE, ROW_META, StorageConfig, St
 from selavpr_ros.types import DescriptorLayout, Descriptors, KeyframeRecord, Pose
 
 SCHEMA_VERSION = 1
-
-
-def _refuse_links(path: Path) -> None:
-    """Refuse a map folder holding symbolic links: map tools write, truncate and lock these files,
-    and a planted link would turn them against files outside the map."""
-    for entry in (*path.iterdir(), *((path / "images").iterdir() if (path / "images").is_dir() else ())):
-        if entry.is_symlink():
-            raise MapError(
-                f"{entry}: map entry is a symbolic link (to {os.readlink(entry)}); map files must be regular files "
-                "inside the map folder, refusing to open the map"
-            )
-
-
-class _limited:
-    """A read-only file view of the first ``size`` bytes (for copying committed rows only)."""
-
-    def __init__(self, f, size: int) -> None:
-        self.f, self.left = f, size
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n < 0 else min(n, self.left)
-        data = self.f.read(n)
-        self.left -= len(data)
-        return data
 DB_NAME = "map.sqlite"
 LOCK_NAME = "writer.lock"
 
@@ -97,6 +73,30 @@ _KEYFRAME_COLUMNS = (
     "k.id, k.row, s.name, k.stamp_ns, k.frame_id, k.source, k.topic, k.image_ref, "
     "k.px, k.py, k.pz, k.qx, k.qy, k.qz, k.qw, k.covariance, {pose_frame}"
 )
+
+
+def _refuse_links(path: Path) -> None:
+    """Refuse a map folder holding symbolic links: map tools write, truncate and lock these files,
+    and a planted link would turn them against files outside the map."""
+    for entry in (*path.iterdir(), *((path / "images").iterdir() if (path / "images").is_dir() else ())):
+        if entry.is_symlink():
+            raise MapError(
+                f"{entry}: map entry is a symbolic link (to {os.readlink(entry)}); map files must be regular files "
+                "inside the map folder, refusing to open the map"
+            )
+
+
+class _limited:
+    """A read-only file view of the first ``size`` bytes (for copying committed rows only)."""
+
+    def __init__(self, f, size: int) -> None:
+        self.f, self.left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        self.left -= len(data)
+        return data
 
 
 def _now() -> str:
@@ -548,17 +548,12 @@ class MapDatabase:
             if gen != self.info.generation:
                 self._load_meta()
                 return True
-            if changes != self._changes:
-                self._changes = changes
-                self.info.count = count
-                self._deleted = {r for (r,) in self._conn.execute("SELECT row FROM keyframes WHERE deleted = 1")}
-                self._sessions = {name: sid for sid, name in self._conn.execute("SELECT id, name FROM sessions")}
-                return True
-            if count != self.info.count:
-                self.info.count = count
-                self._deleted = {r for (r,) in self._conn.execute("SELECT row FROM keyframes WHERE deleted = 1")}
-                return True
-            return False
+            if changes == self._changes and count == self.info.count:
+                return False
+            self._changes, self.info.count = changes, count
+            self._deleted = {r for (r,) in self._conn.execute("SELECT row FROM keyframes WHERE deleted = 1")}
+            self._sessions = {name: sid for sid, name in self._conn.execute("SELECT id, name FROM sessions")}
+            return True
 
     def __len__(self) -> int:
         """Live keyframes (committed and not deleted)."""

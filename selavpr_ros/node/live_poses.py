@@ -19,10 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from selavpr_ros.bags.poses import PoseTrack, quat_conj, quat_mul, quat_rotate, transform_parts
+from selavpr_ros.bags.poses import (
+    IDENTITY_QUAT,
+    PoseTrack,
+    quat_conj,
+    quat_mul,
+    quat_rotate,
+    root_path,
+    transform_parts,
+)
 from selavpr_ros.types import Pose, stamp_ns
 
-_IDENTITY = np.array([0.0, 0.0, 0.0, 1.0])
 _WAIT = object()  # a lookup that may succeed once newer samples arrive
 
 
@@ -95,28 +102,22 @@ class LiveTransforms:
                     self._dynamic.setdefault(child, _Samples(self.history_s)).add(stamp_ns(tf), trans, rot)
             self._cond.notify_all()
 
-    def frames(self) -> list[str]:
-        with self._cond:
-            return sorted(set(self._parents) | set(self._parents.values()))
-
     def _to_root(self, frame: str, stamp: int, max_gap_s: float) -> Any:
         """(root frame, position, rotation) of ``frame`` in its tree's root at ``stamp``."""
-        pos, rot = np.zeros(3), _IDENTITY.copy()
-        seen = {frame}
-        while frame in self._parents:
-            if frame in self._dynamic:
-                got = self._dynamic[frame].at(stamp, max_gap_s)
+        path = root_path(frame, self._parents)
+        if path[-1] in self._parents:  # the walk stopped at a cycle: no root
+            return None
+        pos, rot = np.zeros(3), IDENTITY_QUAT.copy()
+        for child in path[:-1]:  # compose T_parent_child upward, as the bag reader does
+            if child in self._dynamic:
+                got = self._dynamic[child].at(stamp, max_gap_s)
                 if got is None or got is _WAIT:
                     return got
                 t, q = got[0], got[1]
             else:
-                t, q = (np.asarray(v, np.float64) for v in self._static[frame])
+                t, q = (np.asarray(v, np.float64) for v in self._static[child])
             pos, rot = quat_rotate(q[None], pos[None])[0] + t, quat_mul(q[None], rot[None])[0]
-            frame = self._parents[frame]
-            if frame in seen:
-                return None
-            seen.add(frame)
-        return frame, pos, rot
+        return path[-1], pos, rot
 
     def lookup(self, fixed_frame: str, frame: str, stamp: int, timeout_s: float = 0.0,
                max_gap_s: float = 0.5) -> Pose | None:

@@ -138,7 +138,6 @@ class VPRPipeline:
         self.stamps = StampGuard(int(float(params["max_stamp_jump_s"]) * 1e9))
         self.pose_lookup: Callable[[Frame], Pose | None] | None = None
         self._copying = threading.Lock()
-        self.frames_without_pose = 0
 
     @property
     def lc_config(self) -> LoopClosureConfig:
@@ -177,7 +176,6 @@ class VPRPipeline:
                 self.engine = LoopClosureEngine(self.db, self.lc_config)
         if frame.pose is None and self.pose_lookup is not None:
             frame.pose = self.pose_lookup(frame)
-            self.frames_without_pose += frame.pose is None
         t1 = time.perf_counter()
         desc = self.extractor.extract([rgb], batch_size=1)
         t2 = time.perf_counter()
@@ -206,7 +204,7 @@ class VPRPipeline:
 
     @property
     def snapshot_dir(self) -> Path:
-        configured = str(self.params.get("snapshot_dir", ""))
+        configured = str(self.params["snapshot_dir"])
         if configured:
             return Path(configured).expanduser()
         return self.map_path.with_name(self.map_path.name + ".snapshots")
@@ -234,7 +232,7 @@ class VPRPipeline:
             raise MapError("another copy of the map is in progress; try again when it is done")
         try:
             existing = [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
-            if len(existing) >= int(self.params.get("max_snapshots", 20)):
+            if len(existing) >= int(self.params["max_snapshots"]):
                 raise MapError(f"{folder} holds {len(existing)} snapshots, the max_snapshots limit; remove some")
             folder.mkdir(parents=True, exist_ok=True)
             count = db.snapshot(folder / name)
@@ -252,23 +250,18 @@ class VPRPipeline:
             new_params = {**self.params, **changes}
             if new_params == self.params:
                 return f"already in {self.params['mode']} mode" if set(changes) == {"mode"} else "no change"
+            config = loop_closure_config(new_params)  # configuration errors before the map is touched
             mode_changed = new_params["mode"] != self.params["mode"]
-            old_db = self.db
+            db: MapDatabase | None = None
             if mode_changed:
-                old_db.close()  # one writer per map: release it before reopening in the other mode
-                try:
-                    db = open_map(self.map_path, self.extractor, new_params["mode"])
-                except Exception:
-                    self.db = open_map(self.map_path, self.extractor, self.params["mode"])
-                    self.engine = LoopClosureEngine(self.db, self.lc_config)
-                    raise
-            else:
-                db = old_db
+                self.db.close()  # one writer per map: release it before reopening in the other mode
             try:
-                engine = LoopClosureEngine(db, loop_closure_config(new_params))
+                db = open_map(self.map_path, self.extractor, new_params["mode"]) if mode_changed else self.db
+                engine = LoopClosureEngine(db, config)
             except Exception:
-                if mode_changed:
-                    db.close()
+                if mode_changed:  # back to the old mode, map and a fresh engine on them
+                    if db is not None:
+                        db.close()
                     self.db = open_map(self.map_path, self.extractor, self.params["mode"])
                     self.engine = LoopClosureEngine(self.db, self.lc_config)
                 raise
