@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from _common import RESULTS, ROOT, table
 
-BENCHMARKS = ("extract", "retrieval", "train", "train_nordland", "node_load")
+BENCHMARKS = ("extract", "retrieval", "train", "train_nordland", "node_load", "verification")
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 
 
@@ -72,12 +72,33 @@ def _node_load(d: dict) -> str:
     return table(rows, [("key", "measure", "")] + [(n, label.get(n, n), ".4g") for n in names])
 
 
+def _verification(d: dict) -> str:
+    text = table(d["rows"], [("dataset", "data", ""), ("database", "map", ""), ("queries", "queries", ""),
+                             ("without_match", "no true match", ""), ("stage", "stage", ""),
+                             ("detector", "keypoints", ""), ("auc_pr", "AUC-PR", ".3f"),
+                             ("recall_at_100p", "recall @ 100 % precision", ".1f"), ("R@1", "R@1", ".1f"),
+                             ("ms_per_candidate", "ms / candidate", ".1f"),
+                             ("keypoint_bytes", "keypoint B / keyframe", ",.0f")])
+    rot = d["rotated_views_rotation_error"]
+    text += "\n\nRotated views, accepted closures: " + "; ".join(
+        f"{k.upper()} {v['accepted_correct']} correct, {v['accepted_false']} false, rotation error median "
+        f"{v['median_deg']:.3f} deg, max {v['max_deg']:.2f} deg" for k, v in rot.items())
+    s = d["stereo"]
+    text += ("\n\nMiddlebury stereo (193 mm baseline): " + "; ".join(
+        f"{det.upper()} essential: direction error {s[f'{det}_essential']['direction_error_deg']:.2f} deg, "
+        f"rotation {s[f'{det}_essential']['rotation_error_deg']:.2f} deg; PnP: translation error "
+        f"{s[f'{det}_pnp']['translation_error_mm']:.1f} mm" for det in ("orb", "sift")))
+    return text + (f"\n\nBuilt-in model, {d['candidates_per_query']} candidates verified per query, "
+                   f"min_inliers {d['defaults']['min_inliers']}, min_inlier_ratio {d['defaults']['min_inlier_ratio']}.")
+
+
 SUMMARIES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "extract": ("Descriptor extraction (random weights, ms per frame, batch 1)", _extract),
     "retrieval": ("Map search per query", _retrieval),
     "train": ("Training step: in-block vs side adapters vs trunk cache", _train),
     "train_nordland": ("Learning on Nordland (held-out 30 %)", _train_nordland),
     "node_load": ("Node under a 30 Hz camera stream with slow inference, ROS-less and rclpy", _node_load),
+    "verification": ("Loop-closure decisions with and without geometric verification", _verification),
 }
 
 

@@ -2,7 +2,9 @@
 
 Launch arguments override the parameter file (``params_file``, default the
 package's config/vpr.yaml); empty values keep the file's setting.
-``image_topic`` remaps the node's relative ``image`` topic, so namespaces
+``image_topic`` remaps the node's relative ``image`` topic and
+``camera_info_topic`` its ``camera_info`` (default: ``camera_info`` beside
+the image, as image_transport pairs them), so namespaces
 and further remappings behave as in any ROS 2 node. Each argument is checked
 against the node's parameter table before the node starts: a bad value is
 reported by the argument's name.
@@ -16,12 +18,15 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from selavpr_ros.bags.reader import camera_info_topic
 from selavpr_ros.errors import ConfigError
 from selavpr_ros.node.params import SPECS, parse_overrides
 
 ARGUMENTS = {
     "image_topic": ("", "camera topic, remapped onto the node's 'image' (sensor_msgs/Image, or CompressedImage "
                         "with compressed:=true)"),
+    "camera_info_topic": ("", "sensor_msgs/CameraInfo topic, remapped onto 'camera_info' (geometric stage); "
+                              "empty = camera_info beside image_topic (/cam/image_raw -> /cam/camera_info)"),
     "compressed": ("", "true to subscribe to sensor_msgs/CompressedImage"),
     "map": ("", "map directory (created in mapping mode)"),
     "checkpoint": ("", "model checkpoint (.ckpt) or ONNX file; empty = built-in demo model"),
@@ -31,7 +36,7 @@ ARGUMENTS = {
     "namespace": ("", "namespace of the node and its relative topics"),
 }
 PARAMETER_OF = {"map": "map_path"}
-NOT_PARAMETERS = ("namespace", "image_topic")
+NOT_PARAMETERS = ("namespace", "image_topic", "camera_info_topic")
 
 
 def _overrides(context) -> dict:
@@ -56,13 +61,16 @@ def _node(context, *_):
     if not Path(params_file).expanduser().is_file():
         raise ConfigError(f"launch argument 'params_file:={params_file}': no such file")
     image_topic = LaunchConfiguration("image_topic").perform(context)
+    info_topic = LaunchConfiguration("camera_info_topic").perform(context) or \
+        (camera_info_topic(image_topic) if image_topic else "")
+    remaps = [(name, topic) for name, topic in (("image", image_topic), ("camera_info", info_topic)) if topic]
     return [Node(
         package="selavpr_ros",
         executable="vpr_node",
         name="vpr_node",
         namespace=LaunchConfiguration("namespace").perform(context),
         parameters=[params_file, _overrides(context)],
-        remappings=[("image", image_topic)] if image_topic else [],
+        remappings=remaps,
         output="screen",
         emulate_tty=True,
     )]

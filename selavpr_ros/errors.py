@@ -53,3 +53,7 @@ class BagError(SelaVPRError):
 
 class DatasetError(SelaVPRError):
     """A dataset folder or file is missing, malformed or empty; the message names it."""
+
+
+class CameraError(SelaVPRError, ValueError):
+    """A camera model is missing, all-zero, of an unknown distortion model, or does not fit the image."""

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from selavpr_ros.errors import CameraError
+
 __all__ = [
     "NS_PER_S",
+    "CameraModel",
     "DescriptorLayout",
     "Descriptors",
     "KeyframeRecord",
@@ -147,6 +151,135 @@ class Descriptors:
         )
 
 
+# -- cameras --------------------------------------------------------------------------
+# Pinhole camera models from sensor_msgs/CameraInfo. Geometry works in undistorted, normalised
+# image coordinates (x/z, y/z in the optical frame, REP 103: x right, y down, z forward); lens
+# distortion is removed from keypoint positions, never from whole images. OpenCV when used.
+# ROS distortion model names (sensor_msgs/distortion_models.hpp) and their coefficient counts.
+PLUMB_BOB = "plumb_bob"
+RATIONAL_POLYNOMIAL = "rational_polynomial"
+EQUIDISTANT = "equidistant"
+DISTORTION_MODELS = {PLUMB_BOB: (5,), RATIONAL_POLYNOMIAL: (8, 12, 14), EQUIDISTANT: (4,)}
+
+
+@dataclass(frozen=True)
+class CameraModel:
+    """Image size, intrinsics ``k = (fx, fy, cx, cy)`` in pixels and lens distortion (ROS conventions)."""
+
+    width: int
+    height: int
+    k: tuple[float, float, float, float]
+    distortion_model: str = ""  # "" or a name of DISTORTION_MODELS; "" with no coefficients = no distortion
+    d: tuple[float, ...] = ()
+    frame_id: str = ""
+
+    def __post_init__(self) -> None:
+        fx, fy, cx, cy = self.k
+        if self.width <= 0 or self.height <= 0:
+            raise CameraError(f"camera image size {self.width}x{self.height} must be positive")
+        if not all(math.isfinite(v) for v in (*self.k, *self.d)):
+            raise CameraError(f"camera intrinsics {self.k} / distortion {self.d} hold NaN or infinity")
+        if fx <= 0 or fy <= 0:
+            raise CameraError(f"camera focal lengths fx={fx}, fy={fy} must be positive (an all-zero K means "
+                              "the camera is uncalibrated)")
+        if self.d and any(self.d):
+            counts = DISTORTION_MODELS.get(self.distortion_model)
+            if counts is None:
+                raise CameraError(f"unknown distortion model {self.distortion_model!r}; supported: "
+                                  f"{', '.join(DISTORTION_MODELS)}")
+            if len(self.d) not in counts:
+                raise CameraError(f"distortion model {self.distortion_model} takes {counts} coefficients, "
+                                  f"got {len(self.d)}")
+
+    # -- construction --------------------------------------------------------------
+    @classmethod
+    def from_camera_info(cls, msg: Any) -> CameraModel:
+        """From a ``sensor_msgs/CameraInfo`` (rclpy, rosbags or CycloneDDS object).
+
+        Binning and a region of interest are applied to K, so the model fits the
+        image the camera actually published.
+        """
+        k = [float(v) for v in np.asarray(msg.k, np.float64).ravel()]
+        if len(k) != 9 or not any(k):
+            raise CameraError("CameraInfo has an all-zero K: the camera is uncalibrated; geometry is skipped")
+        fx, cx, fy, cy = k[0], k[2], k[4], k[5]
+        width, height = int(msg.width), int(msg.height)
+        roi = getattr(msg, "roi", None)
+        if roi is not None and int(roi.width) and int(roi.height):
+            cx, cy = cx - int(roi.x_offset), cy - int(roi.y_offset)
+            width, height = int(roi.width), int(roi.height)
+        bx, by = max(int(getattr(msg, "binning_x", 0)), 1), max(int(getattr(msg, "binning_y", 0)), 1)
+        fx, cx, width = fx / bx, cx / bx, width // bx
+        fy, cy, height = fy / by, cy / by, height // by
+        d = tuple(float(v) for v in np.asarray(msg.d, np.float64).ravel())
+        frame = getattr(getattr(msg, "header", None), "frame_id", "")
+        return cls(width, height, (fx, fy, cx, cy), str(msg.distortion_model) if d else "", d, str(frame))
+
+    @classmethod
+    def nominal(cls, width: int, height: int, hfov_deg: float = 60.0, frame_id: str = "") -> CameraModel:
+        """An ideal pinhole of horizontal field of view ``hfov_deg`` (for image folders without calibration)."""
+        if not 1.0 <= hfov_deg < 179.0:
+            raise CameraError(f"horizontal field of view {hfov_deg} deg must be in [1, 179)")
+        f = 0.5 * width / math.tan(math.radians(hfov_deg) / 2)
+        return cls(width, height, (f, f, width / 2.0, height / 2.0), frame_id=frame_id)
+
+    # -- use -----------------------------------------------------------------------
+    @property
+    def matrix(self) -> np.ndarray:
+        fx, fy, cx, cy = self.k
+        return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], np.float64)
+
+    @property
+    def focal(self) -> float:
+        """Mean focal length in pixels (converts pixel thresholds to normalised units)."""
+        return 0.5 * (self.k[0] + self.k[1])
+
+    def check_image(self, width: int, height: int) -> None:
+        """Refuse an image whose size differs from the calibration's (K would not apply)."""
+        if (width, height) != (self.width, self.height):
+            raise CameraError(f"image is {width}x{height} but its CameraInfo describes {self.width}x{self.height}; "
+                              "the intrinsics do not apply (wrong camera_info topic, or a resized image)")
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """Undistorted normalised coordinates (N, 2) of pixel positions (N, 2)."""
+        pts = np.asarray(pixels, np.float64).reshape(-1, 1, 2)
+        if not len(pts):
+            return np.zeros((0, 2))
+        if not any(self.d):
+            fx, fy, cx, cy = self.k
+            return np.column_stack([(pts[:, 0, 0] - cx) / fx, (pts[:, 0, 1] - cy) / fy])
+        import cv2
+
+        dist = np.asarray(self.d, np.float64)
+        if self.distortion_model == EQUIDISTANT:
+            return cv2.fisheye.undistortPoints(pts, self.matrix, dist).reshape(-1, 2)
+        return cv2.undistortPoints(pts, self.matrix, dist).reshape(-1, 2)
+
+    def project(self, normalized: np.ndarray) -> np.ndarray:
+        """Pixels of undistorted normalised coordinates on the ideal pinhole (no distortion re-applied)."""
+        n = np.asarray(normalized, np.float64).reshape(-1, 2)
+        fx, fy, cx, cy = self.k
+        return np.column_stack([n[:, 0] * fx + cx, n[:, 1] * fy + cy])
+
+    # -- storage -------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CameraModel:
+        try:
+            data = json.loads(text)
+            return cls(int(data["width"]), int(data["height"]), tuple(float(v) for v in data["k"]),  # type: ignore[arg-type]
+                       str(data.get("distortion_model", "")), tuple(float(v) for v in data.get("d", ())),
+                       str(data.get("frame_id", "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CameraError(f"stored camera model unreadable ({exc})") from None
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+
 # -- keyframes ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Pose:
@@ -179,6 +312,7 @@ class KeyframeRecord:
     session: str = ""
     keyframe_id: int = -1
     row: int = -1
+    camera: CameraModel | None = None  # intrinsics of the image (CameraInfo), for geometric verification
 
     @property
     def stamp(self) -> float:

@@ -189,3 +189,59 @@ def test_node_takes_keyframe_poses_from_a_tf_stream(tmp_path):
         i = r.stamp_ns // 10**9 - 100
         assert r.pose is not None and r.pose.frame_id == "odom"
         assert r.pose.position[0] == pytest.approx(i + 0.25, abs=1e-6)  # base_link at i m, camera 0.25 m ahead
+
+
+def test_node_verifies_loops_with_camera_info_over_dds(tmp_path):
+    """camera_info beside the images: keyframes keep their intrinsics and keypoints, revisits from a
+    turned camera come back VERIFIED with a relative pose; images before any CameraInfo are counted."""
+    from selavpr_ros.bags.writer import camera_info_fields
+    from selavpr_ros.datasets.rotated_views import write_rotated_views
+
+    views = write_rotated_views(tmp_path / "views", held_out=0)
+    ev = views.eval_set
+    picks = [i for i, p in enumerate(ev.positives) if len(p)][:8]
+    tiles = [np.asarray(Image.open(ev.database[ev.positives[i][0]]).convert("RGB")) for i in picks]
+    turned = [np.asarray(Image.open(ev.queries[i]).convert("RGB")) for i in picks]
+    domain = random.randint(1, 200)
+    proc = _start_node(tmp_path, domain, "loop_closure.retrieval.stages:=binary,float,geometric",
+                       "loop_closure.min_score:=-1.0", "camera_info.max_age_s:=0.5", remap="image:=/cam/image_raw")
+    dp = DomainParticipant(domain)
+    info_type = "sensor_msgs/msg/CameraInfo"
+    images = DataWriter(dp, Topic(dp, "rt/cam/image_raw", dds_type("sensor_msgs/msg/Image")), reliable_qos(50))
+    infos = DataWriter(dp, Topic(dp, "rt/robot1/camera_info", dds_type(info_type)), reliable_qos(50))
+    reader = DataReader(dp, Topic(dp, "rt/robot1/loop_closures", dds_type(CANDIDATES)), reliable_qos(200))
+    got = []
+    try:
+        for entity in (images, infos, reader):
+            _wait_matched(entity, "endpoint", proc)
+        stream = [(1, tiles[0])] + [(10 + i, t) for i, t in enumerate(tiles)] + \
+            [(100 + i, q) for i, q in enumerate(turned)]  # the first image has no CameraInfo yet
+        for n, (sec, rgb) in enumerate(stream):
+            header = {"stamp": {"sec": sec, "nanosec": 0}, "frame_id": "cam_optical"}
+            if n:
+                infos.write(to_dds(message(info_type, header=header,
+                                           **camera_info_fields(views.camera, "cam_optical")), info_type))
+                time.sleep(0.05)
+            images.write(to_dds(message("sensor_msgs/msg/Image", header=header, **encode_image(rgb)),
+                                "sensor_msgs/msg/Image"))
+            time.sleep(0.5)
+        deadline = time.monotonic() + 20
+        while len(got) < len(stream) and time.monotonic() < deadline:
+            got += reader.take(N=100)
+            time.sleep(0.05)
+    finally:
+        _stop(proc)
+    revisits = [g for g in got if g.header.stamp.sec >= 100]
+    assert len(revisits) == len(turned)
+    verified = [(g.header.stamp.sec - 100, c) for g in revisits for c in g.candidates if c.verification == 1]
+    assert len(verified) >= len(turned) // 2
+    assert all(c.match_keyframe_id == 1 + i and c.has_relative_pose and c.relative_pose_model == "rotation"
+               for i, c in verified)  # keyframe 0 is the frame without CameraInfo
+    assert all(c.status in (0, 4) for g in revisits for c in g.candidates if c.verification in (1, 2))
+    assert len(got) == len(stream) and got[0].header.stamp.sec == 1 and not got[0].candidates
+    from selavpr_ros.mapdb.database import MapDatabase
+
+    with MapDatabase.open(tmp_path / "map") as db:
+        records = db.records(list(range(db.count)))
+        assert records[0].camera is None and all(r.camera == records[1].camera for r in records[1:])
+        assert records[1].camera.k == views.camera.k and list(db.keypoints([0, 1])) == [1]

@@ -13,7 +13,8 @@ from PIL import Image
 from selavpr_ros.cli import main
 from selavpr_ros.errors import DatasetError
 from selavpr_ros.evaluation.evaluate import detect_layout, load_eval_set, parse_threshold
-from selavpr_ros.evaluation.plots import grid_to_pixels, plot_local_matches, plot_top_matches
+from selavpr_ros.evaluation.plots import plot_local_matches, plot_top_matches
+from selavpr_ros.retrieval.verification import grid_pixels
 
 
 @pytest.fixture
@@ -73,10 +74,58 @@ def test_eval_cli_report_on_nordland(tmp_path, subset, monkeypatch, capsys):
     assert {r["map_size"] for r in report["latency_vs_map_size"]} == {67, 134, 269}
     md = (out / "report.md").read_text()
     assert "| + float re-rank |" in md and "![" in md
-    for png in ("recall.png", "latency.png", "top5.png"):
+    for png in ("recall.png", "latency.png", "top5.png", "pr.png"):
         with Image.open(out / png) as im:
             assert im.size[0] > 100 and np.asarray(im.convert("L")).std() > 5
     assert "R@1" in capsys.readouterr().out
+    pr = report["precision_recall"]["+ float re-rank"]
+    assert 0 < pr["auc_pr"] < 1 and pr["positives"] == 269 and pr["recall"] == sorted(pr["recall"])
+    assert "| + float re-rank | " in md and "recall at 100 % precision" in md
+
+
+def test_precision_recall_of_claims():
+    from selavpr_ros.evaluation.precision_recall import pr_curve
+
+    # 5 queries: claims of confidence 0.9 (right), 0.8 (right), 0.8 (wrong), 0.6 (right), none;
+    # the last query has no true match in the map
+    curve = pr_curve(np.array([0.9, 0.8, 0.8, 0.6, np.nan]), np.array([1, 1, 0, 1, 0], bool),
+                     np.array([1, 1, 1, 1, 0], bool))
+    assert curve.thresholds.tolist() == [0.9, 0.8, 0.6]  # ties make one operating point
+    assert curve.precision.tolist() == pytest.approx([1.0, 2 / 3, 3 / 4])
+    assert curve.recall.tolist() == pytest.approx([0.25, 0.5, 0.75])
+    assert curve.auc == pytest.approx(0.25 * 1.0 + 0.25 * 2 / 3 + 0.25 * 0.75)
+    assert curve.recall_at_precision(1.0) == 0.25 and curve.threshold_for_precision(1.0) == (0.9, 1.0, 0.25)
+    assert curve.threshold_for_precision(0.75) == (0.6, 0.75, 0.75)
+    # a query without a true match that is accepted is a false positive
+    wrong = pr_curve(np.array([0.99, 0.5]), np.array([0, 1], bool), np.array([0, 1], bool))
+    assert wrong.precision[0] == 0 and wrong.recall_at_precision(1.0) == 0.0
+    empty = pr_curve(np.array([np.nan]), np.array([False]), np.array([True]))
+    assert empty.auc == 0.0 and empty.threshold_for_precision(1.0) is None
+
+
+def test_geometric_stage_in_eval_on_known_geometry(tmp_path, capsys, monkeypatch):
+    """Real photographs seen by a turned camera: verification lifts recall at 100 % precision; the CLI
+    prints the node thresholds that reach a target precision."""
+    from selavpr_ros.cli.eval_commands import print_thresholds
+    from selavpr_ros.datasets.rotated_views import write_rotated_views
+    from selavpr_ros.evaluation.evaluate import evaluate
+    from selavpr_ros.inference.loader import open_extractor
+    from selavpr_ros.models.zoo import builtin_checkpoint
+
+    views = write_rotated_views(tmp_path / "views")
+    report, extras = evaluate(open_extractor(builtin_checkpoint(), device="cpu"), views.eval_set,
+                              ["binary", "float", "geometric"], progress=False, work_dir=tmp_path / "w")
+    plain = report.precision_recall["+ float re-rank"]
+    verified = report.precision_recall["+ geometric verification"]
+    assert verified["recall_at_100_precision"] >= 0.5 > 0.2 > plain["recall_at_100_precision"]
+    assert verified["auc_pr"] > plain["auc_pr"] + 0.3
+    assert report.recall["+ geometric verification"][1] > report.recall["+ float re-rank"][1]
+    claims = [c for c in extras["geometry_claims"] if c is not None]
+    assert len(claims) == report.geometry["queries_with_a_verified_candidate"] >= 13
+    assert report.geometry["ms_per_candidate"] > 0 and report.geometry["keypoint_bytes_per_keyframe"] > 1000
+    print_thresholds(report, 1.0)
+    out = capsys.readouterr().out
+    assert "loop_closure.geometry.min_inliers:=" in out and "(precision 100.0 %" in out
 
 
 def test_local_stage_with_a_selavpr_model(tmp_path, subset):
@@ -124,7 +173,7 @@ def test_eval_bad_inputs(tmp_path, subset):
 
 
 def test_plot_helpers(tmp_path, nordland):
-    assert grid_to_pixels(np.array([0, 7]), (2, 4), (20, 40)).tolist() == [[5.0, 5.0], [35.0, 15.0]]
+    assert grid_pixels((2, 4), 40, 20)[[0, 7]].tolist() == [[5.0, 5.0], [35.0, 15.0]]
     frames = sorted((nordland / "summer").iterdir())[:3]
     path = plot_top_matches(frames[0], frames[1:], [True, False], tmp_path / "t.png", scores=[0.9, 0.5])
     rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)

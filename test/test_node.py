@@ -130,6 +130,9 @@ class _Slow:
         time.sleep(self.delay)
         return self.pipe.process(frame)
 
+    def __getattr__(self, name):  # everything else (counters, camera track) is the pipeline's
+        return getattr(self.pipe, name)
+
 
 def test_worker_drops_instead_of_queueing_and_survives_bad_frames(tmp_path, nordland):
     pipe = VPRPipeline(params(tmp_path))
@@ -201,4 +204,22 @@ def test_concurrent_services_and_frames(tmp_path, nordland):
         time.sleep(0.01)
     worker.stop()
     assert worker.stats.bad_frames == 0 and worker.stats.processed >= 1
+    pipe.close()
+
+
+def test_frames_without_camera_info_are_counted_in_diagnostics(tmp_path, nordland):
+    """With the geometric stage on, a camera that publishes no CameraInfo is reported, not fatal."""
+    pipe = VPRPipeline(params(tmp_path, **{"loop_closure.retrieval.stages": "binary,float,geometric"}))
+    worker = LatestFrameWorker(pipe, lambda outcome: None)
+    for i, rgb in enumerate(frames(nordland, "summer", 700, 3)):
+        worker.submit(Frame(image_msg(rgb, i * 10**9), i * 10**9, "cam"))
+        deadline = time.monotonic() + 10
+        while not worker.idle() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    worker.stop()
+    status = diagnostic_status(worker.snapshot(), pipe.db.count, "mapping")
+    values = {v["key"]: v["value"] for v in status["values"]}
+    assert worker.stats.processed == 3 and worker.stats.bad_frames == 0
+    assert values["geometry_skipped"] == "3" and values["camera_info_received"] == "0"
+    assert status["level"] == 1 and "3 frame(s) not verified geometrically: no CameraInfo received" in status["message"]
     pipe.close()

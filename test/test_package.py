@@ -57,12 +57,12 @@ def test_cmake_generates_every_interface_and_installs_the_python_package():
 def test_interfaces_parse_and_status_constants_match_the_engine():
     from rosbags.typesys import get_types_from_msg
 
-    from selavpr_ros.loop_closure.engine import Status
+    from selavpr_ros.loop_closure.engine import Status, Verification
 
     text = (ROOT / "msg" / "LoopClosureCandidate.msg").read_text()
     types = get_types_from_msg(text, "selavpr_ros/msg/LoopClosureCandidate")
     consts = {name: value for name, _, value in types["selavpr_ros/msg/LoopClosureCandidate"][0]}
-    assert consts == {s.name: s.value for s in Status}
+    assert consts == {**{s.name: s.value for s in Status}, **{f"VERIFICATION_{v.name}": v.value for v in Verification}}
     for srv in ("SaveMap", "SetMode"):
         request, response = (ROOT / "srv" / f"{srv}.srv").read_text().split("---")
         assert "bool success" in response and "string message" in response

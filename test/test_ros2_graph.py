@@ -121,7 +121,8 @@ def test_launch_image_stream_services_parameters_and_ctrl_c(ros_ws, tmp_path):
                     "image_topic:=/camera/image_raw", log=tmp_path / "launch.log")
     try:
         launch.wait_for("mapping on /camera/image_raw")
-        got = probe(env, "stream", "--image-topic", "/camera/image_raw", "--candidates-topic", "/loop_closures")
+        got = probe(env, "stream", "--image-topic", "/camera/image_raw", "--candidates-topic", "/loop_closures",
+                    "--camera-info", "/camera/camera_info")  # where the launch file points camera_info
         arrays, sent = got["arrays"], got["sent"]
         assert [a["stamp"] for a in arrays] == sent  # one array per frame, stamped with its image
         assert all(a["frame_id"] == "cam_optical" for a in arrays)
@@ -183,6 +184,8 @@ def test_launch_image_stream_services_parameters_and_ctrl_c(ros_ws, tmp_path):
 
     with MapDatabase.open(m) as db:
         assert db.count == 16  # every frame of the route became a keyframe before localization began
+        cameras = {r.camera for r in db.iterate()}  # the CameraInfo reached the node beside each image
+        assert len(cameras) == 1 and None not in cameras and cameras.pop().width == 64
 
 
 def test_namespace_compressed_int_for_float_and_ctrl_c_in_localization(ros_ws, tmp_path):
@@ -200,11 +203,19 @@ def test_namespace_compressed_int_for_float_and_ctrl_c_in_localization(ros_ws, t
         raise
     assert first.interrupt() == 0, first.text()[-3000:]
     # localization on the map just built, the file's values under the namespace, an int for a float
-    second_params = params_file(tmp_path / "b.yaml", diagnostics_period_s=1, mode="localization")
+    second_params = params_file(tmp_path / "b.yaml", diagnostics_period_s=1, mode="localization",
+                                **{"loop_closure.retrieval.stages": "binary,float,geometric",
+                                   "loop_closure.min_score": -1.0})
     second = Launch(env, f"params_file:={second_params}", f"map:={m}", "namespace:=robot1", "compressed:=true",
                     log=tmp_path / "b.log")
     try:
         second.wait_for("localization on /robot1/image")
+        # the geometric stage runs in the rclpy node: the first run stored no camera model, so every
+        # candidate says it could not be verified, and why
+        got = probe(env, "stream", "--compressed", "--image-topic", "/robot1/image", "--camera-info",
+                    "/robot1/camera_info", "--candidates-topic", "/robot1/loop_closures", "--n", "3")
+        cands = [c for a in got["arrays"] for c in a["candidates"]]
+        assert cands and all(c["verification"] == 3 and "has no camera model" in c["reason"] for c in cands)
         out = run(env, "ros2", "param", "get", "/robot1/vpr_node", "diagnostics_period_s")
         assert "1.0" in out.stdout
         assert "5.0" in run(env, "ros2", "param", "get", "/robot1/vpr_node", "loop_closure.exclusion.recent_s").stdout

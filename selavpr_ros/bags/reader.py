@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from rosbags.highlevel import AnyReader
     from rosbags.interfaces import Connection
 
+    from selavpr_ros.geometry.camera import CameraTrack
+
 log = logging.getLogger(__name__)
 
 # message type -> BagImage.msgtype; ROS 1 spellings too (rosbags normalises them, other tools may not)
@@ -217,6 +219,81 @@ class ImageStream(Iterator[BagImage]):
                 continue
             yield BagImage(stamp_ns=stamp or int(bag_time), bag_time_ns=int(bag_time), frame_id=frame_id,
                            msgtype=IMAGE_TYPES[conn.msgtype], msg=msg, source=source, topic=conn.topic)
+
+
+CAMERA_INFO_TYPES = ("sensor_msgs/msg/CameraInfo", "sensor_msgs/CameraInfo")
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """The CameraInfo topic image_transport pairs with ``image_topic``: ``camera_info`` in its namespace.
+
+    ``/cam/image_raw`` and ``/cam/image_raw/compressed`` both give ``/cam/camera_info``.
+    """
+    parts = image_topic.rstrip("/").split("/")
+    if len(parts) > 2 and parts[-1] in ("compressed", "compressedDepth", "theora", "zstd"):
+        parts = parts[:-1]
+    return "/".join(parts[:-1] + ["camera_info"])
+
+
+def load_camera_track(reader: AnyReader, topic: str, max_age_s: float = 1.0) -> CameraTrack:
+    """Every CameraInfo of ``topic`` (they are small), for :meth:`CameraTrack.lookup` by image stamp.
+
+    A missing topic gives an empty track (its lookups say so); a topic of another type is an error.
+    """
+    from selavpr_ros.geometry.camera import CameraTrack
+
+    conns = [c for c in reader.connections if c.topic == topic]
+    wrong = sorted({c.msgtype for c in conns if c.msgtype not in CAMERA_INFO_TYPES})
+    if wrong:
+        raise BagError(f"{_bag_names(reader)}: topic '{topic}' has type {', '.join(wrong)}, "
+                       "not sensor_msgs/msg/CameraInfo")
+    track = CameraTrack(int(max_age_s * 1e9), capacity=1 << 30)
+    for conn, bag_time, raw in reader.messages(connections=conns):
+        try:
+            msg = reader.deserialize(raw, conn.msgtype)
+        except Exception as exc:  # one corrupt record is skipped, as for images
+            log.warning("%s: skipping undecodable CameraInfo at bag time %d: %s", topic, bag_time, exc)
+            continue
+        track.add(stamp_ns(msg) or int(bag_time), msg)
+    return track
+
+
+class StampedLookup:
+    """Messages of one topic found by stamp while the images are read in time order (depth images).
+
+    A second pass over the bag, advanced lazily: it holds only the messages
+    within ``window_ns`` around the current image.
+    """
+
+    def __init__(self, reader: AnyReader, topic: str, window_ns: int = 100_000_000) -> None:
+        conns = [c for c in reader.connections if c.topic == topic]
+        if not conns:
+            raise BagError(f"{_bag_names(reader)}: no topic '{topic}'; all topics: {_listing(topic_summary(reader))}")
+        self._reader = reader
+        self._messages = reader.messages(connections=conns)
+        self._window = window_ns
+        self._buffer: dict[int, Any] = {}
+        self._done = False
+        self._newest = -1
+
+    def get(self, stamp: int) -> Any | None:
+        """The message stamped ``stamp`` (exactly), or None."""
+        while not self._done and self._newest <= stamp + self._window:
+            try:
+                conn, bag_time, raw = next(self._messages)
+            except StopIteration:
+                self._done = True
+                break
+            try:
+                msg = self._reader.deserialize(raw, conn.msgtype)
+            except Exception:
+                continue
+            t = stamp_ns(msg) or int(bag_time)
+            self._buffer[t] = msg
+            self._newest = max(self._newest, t)
+        for old in [t for t in self._buffer if t < stamp - self._window]:
+            del self._buffer[old]
+        return self._buffer.get(stamp)
 
 
 def iter_images(reader: AnyReader, topic: str, start_ns: int | None = None) -> ImageStream:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from selavpr_ros.errors import BagError
+from selavpr_ros.geometry.camera import CameraModel
 from selavpr_ros.types import Pose, header_fields
 
 STORAGES = ("sqlite3", "mcap")
@@ -25,6 +26,7 @@ ROSBAG2_VERSION: Literal[8, 9] = 8  # the oldest rosbags writes (8 or 9): the wi
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
 ODOMETRY = "nav_msgs/msg/Odometry"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 
 Stream = tuple[str, str, Iterable[tuple[int, Any]]]  # topic, message type, (bag time ns, message) pairs
 
@@ -192,6 +194,25 @@ def _odometry_messages(poses: Sequence[Pose], stamps_ns: Sequence[int], frame_id
                                   pose=fields)
 
 
+def camera_info_fields(camera: CameraModel, frame_id: str) -> dict[str, Any]:
+    """Fields of a ``sensor_msgs/CameraInfo`` for ``camera`` (header excluded)."""
+    fx, fy, cx, cy = camera.k
+    k = np.array([fx, 0, cx, 0, fy, cy, 0, 0, 1], np.float64)
+    p = np.array([fx, 0, cx, 0, 0, fy, cy, 0, 0, 0, 1, 0], np.float64)
+    return {"height": camera.height, "width": camera.width,
+            "distortion_model": camera.distortion_model or "plumb_bob",
+            "d": np.asarray(camera.d or (0.0,) * 5, np.float64), "k": k,
+            "r": np.eye(3).ravel(), "p": p}
+
+
+def _camera_info_messages(camera: CameraModel, stamps_ns: Sequence[int], frame_id: str) -> Iterator[tuple[int, Any]]:
+    from selavpr_ros.transport.msgtypes import message
+
+    fields = camera_info_fields(camera, frame_id)
+    for stamp in stamps_ns:
+        yield int(stamp), message(CAMERA_INFO, header=header_fields(stamp, frame_id), **fields)
+
+
 def write_image_bag(
     path: str | Path,
     images: Iterable[np.ndarray],
@@ -204,6 +225,7 @@ def write_image_bag(
     poses: Sequence[Pose] | None = None,
     pose_topic: str = "/odom",
     ros1: bool = False,
+    camera: CameraModel | None = None,
 ) -> Path:
     """A camera run: one image per stamp, header stamp = bag time.
 
@@ -212,6 +234,8 @@ def write_image_bag(
     (in a ``map`` frame) add ``nav_msgs/msg/Odometry`` at the same stamps on
     ``pose_topic``. ``ros1`` writes a ROS 1 ``.bag`` (the suffix is added when
     missing, ``storage`` is then ignored); the path written is returned.
+    ``camera`` adds its ``sensor_msgs/msg/CameraInfo`` beside each image, on
+    the ``camera_info`` topic of the image's namespace.
     """
     path = Path(path).expanduser()
     if ros1 and path.suffix != ".bag":
@@ -229,4 +253,8 @@ def write_image_bag(
         if len(poses) != len(stamps):
             raise BagError(f"{len(poses)} poses for {len(stamps)} stamps")
         streams.append((pose_topic, ODOMETRY, _odometry_messages(poses, stamps, "map", "base_link")))
+    if camera is not None:
+        from selavpr_ros.bags.reader import camera_info_topic
+
+        streams.append((camera_info_topic(topic), CAMERA_INFO, _camera_info_messages(camera, stamps, frame_id)))
     return write_topics(path, streams, storage=storage, ros1=ros1)

@@ -32,21 +32,27 @@ def _extractor(args):
 
 
 def cmd_build_map(args: argparse.Namespace) -> int:
+    from selavpr_ros.geometry.features import KeypointConfig
     from selavpr_ros.loop_closure.config import KeyframeGateConfig
     from selavpr_ros.mapdb.records import StorageConfig
     from selavpr_ros.offline.build_map import build_map
 
     gate = KeyframeGateConfig(args.min_interval, args.min_translation, args.min_rotation, args.max_similarity)
+    keypoints = args.keypoints if args.keypoints in ("auto", "none") else \
+        KeypointConfig(detector=args.keypoints, max_keypoints=args.max_keypoints)
     storage = StorageConfig(float_dtype=args.float_dtype, local_dtype=args.local_dtype, local_pool=args.local_pool)
     reports = build_map(args.bags, args.image_topic, args.out, _extractor(args), pose_topic=args.pose_topic,
                         base_frame=args.base_frame, map_frame=args.map_frame, sessions=args.session,
                         gate=gate, storage=storage, save_images=args.save_images, max_pose_gap_s=args.max_pose_gap,
-                        progress=not args.quiet)
+                        progress=not args.quiet, camera_info=None if args.camera_info == "none" else args.camera_info,
+                        keypoints=None if keypoints == "none" else keypoints, depth_topic=args.depth_topic)
     for r in reports:
         line = (f"{r.session}: {r.messages} images, {r.added} keyframes added, {r.gated_out} gated out, "
                 f"{r.already_in_map} already in the map, {r.bad_frames} bad frames")
         if args.pose_topic:
             line += f", {r.without_pose} without pose"
+        if r.without_camera:
+            line += f", {r.without_camera} without camera model ({r.camera_problem}; geometric verification skipped)"
         print(line)
         for e in r.errors:
             print(f"  bad frame {e}")
@@ -68,7 +74,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     pipeline = VPRPipeline(replay_params(args))
     try:
-        result = replay(args.bag, args.image_topic, pipeline, progress=not args.quiet)
+        result = replay(args.bag, args.image_topic, pipeline, progress=not args.quiet,
+                        camera_info=None if args.camera_info == "none" else args.camera_info)
         out = Path(args.out)
         write_outputs(result, pipeline, out / "candidates.json", out / "candidates.csv", out / "candidates_bag")
     finally:
@@ -83,6 +90,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
     p.add_argument("--checkpoint", help="model (.ckpt or .onnx); default: the built-in demo model")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--camera-info", default="", metavar="TOPIC",
+                   help="sensor_msgs/CameraInfo topic (geometric verification); default: camera_info beside the "
+                        "image topic (/cam/image_raw -> /cam/camera_info); 'none' to ignore")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -107,6 +117,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local-dtype", default="float16", choices=("float16", "float32", "int8", "none"))
     p.add_argument("--local-pool", type=int, default=1, help="store local features pooled k x k")
     p.add_argument("--save-images", action="store_true", help="keep keyframe images (for training and reports)")
+    p.add_argument("--keypoints", default="auto", choices=("auto", "orb", "sift", "none"),
+                   help="keyframe keypoints for the geometric stage (ORB 36 B, SIFT 132 B each); auto: ORB when the "
+                        "bag has CameraInfo")
+    p.add_argument("--max-keypoints", type=int, default=1000, help="keypoints per keyframe")
+    p.add_argument("--depth-topic", help="depth image registered to the camera (16UC1 mm / 32FC1 m, same stamps): "
+                                         "keypoints get depth and verified loops a metric 6-DoF pose (PnP)")
     p.set_defaults(func=cmd_build_map)
 
     p = sub.add_parser("replay", help="run loop closure on a bag against a map, offline",

@@ -25,6 +25,8 @@ map built by `build-map --save-images --pose-topic` with --query-map
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from selavpr_ros.evaluation.evaluate import check_input_size, evaluate, load_eval_set, write_report
+    from selavpr_ros.geometry.estimation import VerificationConfig
+    from selavpr_ros.geometry.features import KeypointConfig
     from selavpr_ros.inference.loader import open_extractor
     from selavpr_ros.models.zoo import resolve_checkpoint
     from selavpr_ros.retrieval.config import parse_stages
@@ -42,12 +44,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ev.positives = [ev.positives[i] for i in keep]
     extractor = open_extractor(resolve_checkpoint(args.checkpoint), device=args.device)
     check_input_size(ev, extractor)
+    geometry = VerificationConfig(matcher=args.matcher, min_inliers=args.min_inliers,
+                                  min_inlier_ratio=args.min_inlier_ratio,
+                                  keypoints=KeypointConfig(detector=args.detector, max_keypoints=args.max_keypoints))
     report, extras = evaluate(extractor, ev, stages, batch_size=args.batch_size, k=args.k, local_k=args.local_k,
-                              progress=not args.quiet)
+                              progress=not args.quiet, geometry=geometry, geometric_k=args.geometric_k,
+                              hfov_deg=args.hfov)
     json_path, md_path = write_report(report, extras, ev, Path(args.out), args.query)
     print(md_path.read_text().split("\n## ")[0])
+    if args.target_precision is not None:
+        print_thresholds(report, args.target_precision)
     print(json.dumps({"report": str(md_path), "json": str(json_path)}))
     return 0
+
+
+def print_thresholds(report, target: float) -> None:
+    """The node parameter values that reach ``target`` precision on this data, per stage."""
+    import numpy as np
+
+    from selavpr_ros.evaluation.evaluate import STAGE_NAMES, THRESHOLD_PARAMS
+    from selavpr_ros.evaluation.precision_recall import PRCurve
+
+    print(f"\nthresholds for precision >= {100 * target:.1f} % on {report.dataset}:")
+    for stage, pr in report.precision_recall.items():
+        key = next(k for k, v in STAGE_NAMES.items() if v == stage)
+        curve = PRCurve(np.asarray(pr["thresholds"]), np.asarray(pr["precision"]), np.asarray(pr["recall"]),
+                        pr["positives"])
+        found = curve.threshold_for_precision(target)
+        param = THRESHOLD_PARAMS[key].split(" ")[0]
+        if found is None:
+            print(f"  {stage:28s} no threshold reaches it")
+        else:
+            thr, precision, recall = found
+            value = int(np.ceil(thr)) if key in ("local", "geometric") else round(thr + 5e-5, 4)
+            print(f"  {stage:28s} {param}:={value}  (precision {100 * precision:.1f} %, recall {100 * recall:.1f} %)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,7 +87,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("--dataset", required=True, help="dataset folder (see the layouts above)")
     p.add_argument("--checkpoint", help="model (.ckpt or .onnx); default: the built-in demo model")
-    p.add_argument("--stages", default="binary,float", help="stages to report: binary,float[,local]")
+    p.add_argument("--stages", default="binary,float", help="stages to report: binary,float[,local][,geometric]")
+    p.add_argument("--target-precision", type=float, metavar="P",
+                   help="print, per stage, the node threshold that reaches precision P (e.g. 1.0) on this data")
+    g = p.add_argument_group("geometric stage (--stages ...,geometric)")
+    g.add_argument("--hfov", type=float, default=60.0,
+                   help="horizontal field of view (deg) of the nominal pinhole given to uncalibrated images")
+    g.add_argument("--geometric-k", type=int, default=5, help="candidates verified per query")
+    g.add_argument("--matcher", default="keypoints", choices=("keypoints", "dense"))
+    g.add_argument("--detector", default="orb", choices=("orb", "sift"))
+    g.add_argument("--max-keypoints", type=int, default=1000)
+    g.add_argument("--min-inliers", type=int, default=30, help="inliers of a verified candidate")
+    g.add_argument("--min-inlier-ratio", type=float, default=0.3, help="inliers / putative matches")
     p.add_argument("--threshold", help="correct-match threshold, e.g. 25m or 2frames (layout default)")
     p.add_argument("--layout", default="auto", choices=("auto", "utm", "sequence", "precomputed", "map"))
     p.add_argument("--split", default="test", help="utm layout: images/<split>/")

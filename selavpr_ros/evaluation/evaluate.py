@@ -1,9 +1,12 @@
 """One evaluation: describe a dataset, search it stage by stage, measure, and write a report.
 
 Recall@N after each retrieval stage (binary only, + float re-rank, + local
-re-rank) uses the same map database and retriever the robot uses; latency is
-per query and per stage; bytes per entry come from the map's storage; and
-extraction throughput is images per second over the whole dataset.
+re-rank, + geometric verification) uses the same map database, retriever and
+verifier the robot uses; each stage's top-1 claims also give a
+precision-recall curve, its AUC and the recall at 100 % precision (see
+:mod:`~selavpr_ros.evaluation.precision_recall`); latency is per query and
+per stage; bytes per entry come from the map's storage; and extraction
+throughput is images per second over the whole dataset.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from selavpr_ros.datasets.npy import load_npy
 from selavpr_ros.datasets.sequence import IMAGE_SUFFIXES, load_sequence_eval
 from selavpr_ros.datasets.utm import load_utm_eval
 from selavpr_ros.errors import DatasetError
+from selavpr_ros.evaluation.precision_recall import pr_curve
 from selavpr_ros.evaluation.recall import recall_at
+from selavpr_ros.geometry.estimation import RelativePose, VerificationConfig
 from selavpr_ros.inference.base import Extractor
 from selavpr_ros.mapdb.database import MapDatabase
 from selavpr_ros.retrieval.config import STAGE_ORDER, RetrievalConfig, Stage
 from selavpr_ros.retrieval.retriever import Retriever
+from selavpr_ros.retrieval.verification import QueryView, Verifier, grid_pixels
 from selavpr_ros.types import Descriptors, KeyframeRecord
 
 LAYOUTS = ("utm", "sequence", "precomputed", "map")
@@ -40,7 +46,11 @@ LAYOUTS = ("utm", "sequence", "precomputed", "map")
 def pipeline_up_to(stage: Stage) -> list[Stage]:
     """The retrieval stages that end at ``stage``: binary -> [binary], float -> [binary, float], ..."""
     return list(STAGE_ORDER[: STAGE_ORDER.index(stage) + 1])
-STAGE_NAMES = {"binary": "binary", "float": "+ float re-rank", "local": "+ local re-rank"}
+STAGE_NAMES = {"binary": "binary", "float": "+ float re-rank", "local": "+ local re-rank",
+               "geometric": "+ geometric verification"}
+# What each stage's confidence is, i.e. which node parameter its threshold sets.
+THRESHOLD_PARAMS = {"binary": "loop_closure.min_score (1 - 2 hamming / bits)", "float": "loop_closure.min_score",
+                    "local": "loop_closure.min_local_matches", "geometric": "loop_closure.geometry.min_inliers"}
 
 
 def detect_layout(root: Path) -> str:
@@ -170,16 +180,27 @@ class EvalReport:
     latency_vs_map_size: list[dict[str, Any]] = field(default_factory=list)
     figures: dict[str, str] = field(default_factory=dict)
     example_query: int = -1
+    precision_recall: dict[str, dict[str, Any]] = field(default_factory=dict)
+    geometry: dict[str, Any] = field(default_factory=dict)
 
 
 def evaluate(extractor: Extractor, ev: EvalSet, stages: Sequence[Stage], ns: tuple[int, ...] = (1, 5, 10, 20),
              batch_size: int = 32, k: int = 100, local_k: int = 20, work_dir: Path | None = None,
-             progress: bool = True) -> tuple[EvalReport, dict[str, Any]]:
-    """Recall, latency and size figures for ``stages`` (a prefix of binary, float, local)."""
+             progress: bool = True, geometry: VerificationConfig | None = None, geometric_k: int = 5,
+             hfov_deg: float = 60.0) -> tuple[EvalReport, dict[str, Any]]:
+    """Recall, precision-recall, latency and size figures for ``stages`` (any of binary, float,
+    local, geometric, reported in that order).
+
+    ``geometric`` verifies the best ``geometric_k`` candidates of the last
+    retrieval stage with ``geometry``; image folders carry no calibration, so
+    each image gets an ideal pinhole of ``hfov_deg`` horizontal field of view.
+    """
     if ev.queries_without_match == len(ev.queries):
         raise DatasetError(f"{ev.name}: no query has a ground-truth match within {ev.threshold}; check the "
                            "threshold or the database/query split")
     layout = extractor.layout
+    verify = "geometric" in stages
+    stages = [s for s in stages if s != "geometric"] or ["float"]
     if "local" in stages and layout.local_dim == 0:
         raise DatasetError(f"stage 'local' needs a model with local features; {extractor.model_id} has none")
     t0 = time.perf_counter()
@@ -188,7 +209,11 @@ def evaluate(extractor: Extractor, ev: EvalSet, stages: Sequence[Stage], ns: tup
     ips = (len(ev.database) + len(ev.queries)) / (time.perf_counter() - t0)
     work = Path(work_dir or tempfile.mkdtemp(prefix="selavpr_eval_"))
     db = MapDatabase.create(work / "map", layout, extractor.model_id)
-    db.add(db_desc, [KeyframeRecord(stamp_ns=i, image_ref=str(p)) for i, p in enumerate(ev.database)], "database")
+    geo = geometry or VerificationConfig()
+    db_views = _views(ev.database, geo, hfov_deg, progress) if verify else None
+    db.add(db_desc, [KeyframeRecord(stamp_ns=i, image_ref=str(p), camera=db_views[i].camera if db_views else None)
+                     for i, p in enumerate(ev.database)], "database",
+           keypoints=[v.keypoints for v in db_views] if db_views else None)
     report = EvalReport(ev.name, ev.threshold, extractor.model_id, len(ev.database), len(ev.queries),
                         ev.queries_without_match, extraction_images_per_s=ips,
                         bytes_per_entry=db.stats()["bytes_per_entry"])
@@ -205,9 +230,106 @@ def evaluate(extractor: Extractor, ev: EvalSet, stages: Sequence[Stage], ns: tup
         report.recall[STAGE_NAMES[stage]] = recall_at(pred, ev.positives, ns)
         report.stage_ms[STAGE_NAMES[stage]] = {s: float(np.median([c.timings_ms.get(s, np.nan) for c in cands]))
                                                for s in pipeline_up_to(stage)}
+        report.precision_recall[STAGE_NAMES[stage]] = _claims_pr(
+            [_confidence(c, stage, layout.code_bits) for c in cands], pred[:, 0], ev.positives)
+    if verify:
+        pred, confidence, report.geometry, ms, claims = _verify_all(db, extractor, ev, q_desc, cands, geo, geometric_k,
+                                                             hfov_deg, width, progress)
+        rankings["geometric"] = pred
+        extras_geometry = claims
+        name = STAGE_NAMES["geometric"]
+        report.recall[name] = recall_at(pred, ev.positives, ns)
+        report.stage_ms[name] = {**report.stage_ms[STAGE_NAMES[stages[-1]]], "geometric": ms}
+        report.precision_recall[name] = _claims_pr(confidence, pred[:, 0], ev.positives)
     report.latency_vs_map_size = _latency_vs_size(db, q_desc, stages, k)
     db.close()
-    return report, {"rankings": rankings, "query_desc": q_desc, "db_desc": db_desc}
+    return report, {"rankings": rankings, "query_desc": q_desc, "db_desc": db_desc,
+                    "geometry_claims": extras_geometry if verify else []}
+
+
+def _confidence(c, stage: str, code_bits: int) -> float:
+    """The confidence of a retrieval stage's top-1 claim (what its loop-closure threshold compares)."""
+    if not len(c):
+        return float("nan")
+    if stage == "local":
+        return float(c.local_matches[0])
+    if stage == "binary":
+        return 1.0 - 2.0 * float(c.hamming[0]) / code_bits
+    return float(c.similarity[0])
+
+
+def _claims_pr(confidence: Sequence[float], claims: np.ndarray, positives: Sequence[np.ndarray]) -> dict[str, Any]:
+    correct = np.array([int(r) in p for r, p in zip(claims, positives)], bool)
+    has_match = np.array([len(p) > 0 for p in positives], bool)
+    return pr_curve(np.asarray(confidence, np.float64), correct, has_match).to_dict()
+
+
+def _views(paths: Sequence[Path], config: VerificationConfig, hfov_deg: float, progress: bool) -> list[QueryView]:
+    """Nominal camera and keypoints of each image (the geometric stage's input)."""
+    from tqdm import tqdm
+
+    from selavpr_ros.geometry.camera import CameraModel
+    from selavpr_ros.geometry.features import detect
+    from selavpr_ros.inference.preprocess import load_image
+
+    views = []
+    for path in tqdm(paths, desc="keypoints", unit="img", disable=not progress):
+        rgb = load_image(path)
+        camera = CameraModel.nominal(rgb.shape[1], rgb.shape[0], hfov_deg)
+        views.append(QueryView(camera, detect(rgb, config.keypoints)))
+    return views
+
+
+def _verify_all(db: MapDatabase, extractor: Extractor, ev: EvalSet, q_desc: Descriptors, cands: list,
+                config: VerificationConfig, geometric_k: int, hfov_deg: float, width: int, progress: bool):
+    """Verify each query's best ``geometric_k`` candidates; the verified one with most inliers is the claim.
+
+    Returns the re-ranked predictions (verified by inliers first, then the
+    rest in retrieval order), the claims' inlier counts (NaN: no verified
+    candidate), a summary, the median verification time per query (ms) and
+    each query's claim (map row and relative pose; None without one).
+    """
+    verifier = Verifier(db, config, extractor.preprocess)
+    t0 = time.perf_counter()
+    views = _views(ev.queries, config, hfov_deg, progress)
+    keypoint_ms = (time.perf_counter() - t0) * 1000 / max(len(views), 1)
+    pred = np.full((len(cands), width), -1, np.int64)
+    confidence = np.full(len(cands), np.nan)
+    times: list[float] = []
+    claims: list[tuple[int, RelativePose] | None] = []
+    reasons: dict[str, int] = {}
+    verified = 0
+    for q, (c, view) in enumerate(zip(cands, views)):
+        if q_desc.local_features is not None:
+            view.local_features = q_desc.local_features[q]
+        rows = [int(r) for r in c.rows[:geometric_k]]
+        t = time.perf_counter()
+        poses = verifier.verify(view, rows)
+        times.append((time.perf_counter() - t) * 1000)
+        inliers = np.array([p.inliers if p.valid else -1 for p in poses])
+        order = np.lexsort((np.arange(len(rows)), -inliers))
+        ranked = [rows[i] for i in order] + [int(r) for r in c.rows[geometric_k:]]
+        pred[q, : min(width, len(ranked))] = ranked[:width]
+        claims.append(None)
+        if len(inliers) and inliers.max() >= 0:
+            confidence[q] = float(inliers.max())
+            verified += 1
+            claims[-1] = (rows[int(order[0])], poses[int(order[0])])
+        for p in poses:
+            if not p.valid:
+                key = p.reason.split(" ", 1)[1] if p.reason[:1].isdigit() else p.reason
+                reasons[key[:60]] = reasons.get(key[:60], 0) + 1
+    stats = db.stats()
+    summary = {"matcher": config.matcher, "detector": config.keypoints.detector,
+               "max_keypoints": config.keypoints.max_keypoints, "candidates_per_query": geometric_k,
+               "min_inliers": config.min_inliers, "min_inlier_ratio": config.min_inlier_ratio,
+               "hfov_deg": hfov_deg, "queries_with_a_verified_candidate": verified,
+               "ms_per_query": float(np.median(times)) if times else 0.0,
+               "ms_per_candidate": float(np.median(times)) / max(geometric_k, 1) if times else 0.0,
+               "keypoint_ms_per_image": keypoint_ms,
+               "keypoint_bytes_per_keyframe": stats["keypoint_bytes_per_keyframe"],
+               "rejections": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:8])}
+    return pred, confidence, summary, summary["ms_per_query"], claims
 
 
 def _latency_vs_size(db: MapDatabase, queries: Descriptors, stages: Sequence[Stage], k: int) -> list[dict[str, Any]]:
@@ -232,9 +354,9 @@ def write_report(report: EvalReport, extras: dict[str, Any], ev: EvalSet, out: P
                  ) -> tuple[Path, Path]:
     """``report.json``, ``report.md`` and the figures in ``out``."""
     from selavpr_ros.evaluation.plots import (
-        grid_to_pixels,
         plot_latency_vs_map_size,
         plot_local_matches,
+        plot_pr_curves,
         plot_recall_curves,
         plot_top_matches,
     )
@@ -243,6 +365,7 @@ def write_report(report: EvalReport, extras: dict[str, Any], ev: EvalSet, out: P
     figs = report.figures
     figs["recall"] = str(plot_recall_curves(report.recall, out / "recall.png", report.dataset).name)
     figs["latency"] = str(plot_latency_vs_map_size(report.latency_vs_map_size, out / "latency.png").name)
+    figs["pr"] = str(plot_pr_curves(report.precision_recall, out / "pr.png", report.dataset).name)
     last = list(extras["rankings"])[-1]
     pred = extras["rankings"][last]
     if query is None:  # a well-textured query the last stage gets right (not a tunnel or a blank frame)
@@ -261,8 +384,8 @@ def write_report(report: EvalReport, extras: dict[str, Any], ev: EvalSet, out: P
         qi, di = mutual_nn_pairs(q_local[query], d_local[top[0]])
         grid = q_local.shape[1:3]
         with Image.open(ev.queries[query]) as qa, Image.open(ev.database[top[0]]) as da:
-            pa = grid_to_pixels(qi, grid, (qa.height, qa.width))
-            pb = grid_to_pixels(di, grid, (da.height, da.width))
+            pa = grid_pixels(grid, qa.width, qa.height)[qi]
+            pb = grid_pixels(grid, da.width, da.height)[di]
         figs["local_matches"] = str(plot_local_matches(ev.queries[query], ev.database[top[0]], pa, pb,
                                                        out / "local_matches.png").name)
     json_path = out / "report.json"
@@ -282,10 +405,24 @@ def markdown(r: EvalReport) -> str:
     for stage, rec in r.recall.items():
         ms = sum(v for v in r.stage_ms[stage].values() if np.isfinite(v))
         lines.append(f"| {stage} | " + " | ".join(f"{rec[n]:.1f}" for n in ns) + f" | {ms:.3f} |")
+    lines += ["", "Loop-closure decisions (each query's top-1 claim, accepted above a threshold):", "",
+              "| stage | AUC-PR | recall at 100 % precision | threshold for it | parameter |", "|---|---|---|---|---|"]
+    for stage, pr in r.precision_recall.items():
+        key = next(k for k, v in STAGE_NAMES.items() if v == stage)
+        thr = pr["threshold_at_100_precision"]
+        lines.append(f"| {stage} | {pr['auc_pr']:.3f} | {100 * pr['recall_at_100_precision']:.1f} % | "
+                     f"{'-' if thr is None else f'{thr:.4g}'} | {THRESHOLD_PARAMS[key]} |")
+    if r.geometry:
+        g = r.geometry
+        lines += ["", f"Geometric stage: {g['detector']} keypoints ({g['keypoint_bytes_per_keyframe']:.0f} B per "
+                  f"keyframe, {g['keypoint_ms_per_image']:.1f} ms per image), {g['candidates_per_query']} candidates "
+                  f"per query verified in {g['ms_per_query']:.1f} ms ({g['ms_per_candidate']:.1f} ms each); "
+                  f"{g['queries_with_a_verified_candidate']} of {r.queries} queries have a verified candidate."]
     lines += ["", f"Extraction: {r.extraction_images_per_s:.1f} images/s. Bytes per map entry: "
               + ", ".join(f"{k} {v}" for k, v in r.bytes_per_entry.items())
               + f" (total {sum(r.bytes_per_entry.values())}).", ""]
-    for key, title in (("recall", "Recall@N per stage"), ("latency", "Latency against map size"),
+    for key, title in (("recall", "Recall@N per stage"), ("pr", "Precision-recall of top-1 claims"),
+                       ("latency", "Latency against map size"),
                        ("top5", f"Top 5 for query {r.example_query} (green: correct)"),
                        ("local_matches", "Mutual nearest neighbours, query vs best match")):
         if key in r.figures:

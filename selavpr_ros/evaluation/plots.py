@@ -58,6 +58,27 @@ def plot_recall_curves(recalls: Mapping[str, Mapping[int, float]], path: str | P
     return _save(fig, path)
 
 
+def plot_pr_curves(curves: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Precision against recall of each stage's top-1 claims (``PRCurve.to_dict`` entries)."""
+    if not curves:
+        raise ValueError("no precision-recall curves to plot")
+    fig = _figure(5, 3.5)
+    ax = fig.add_subplot()
+    for stage, c in curves.items():
+        recall = [0.0, *c["recall"]]
+        precision = [c["precision"][0] if c["precision"] else 1.0, *c["precision"]]
+        ax.step(recall, precision, where="post",
+                label=f"{stage} (AUC {c['auc_pr']:.2f}, R@100%P {100 * c['recall_at_100_precision']:.1f} %)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
 def plot_latency_vs_map_size(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
     """Per-query latency (ms) against map size, one line per stage (log-log)."""
     if not rows:
@@ -101,15 +122,6 @@ def plot_top_matches(query, candidates: Sequence, correct: Sequence[bool], path:
         ax.set_title(label, fontsize=9, color=colour)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
-
-
-def grid_to_pixels(indices: np.ndarray, grid_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
-    """Flat row-major indices on an h x w feature grid -> (M, 2) pixel centres (x, y) in an H x W image."""
-    h, w = grid_hw
-    big_h, big_w = image_hw
-    idx = np.asarray(indices, np.int64)
-    rows, cols = idx // w, idx % w
-    return np.stack([(cols + 0.5) * big_w / w, (rows + 0.5) * big_h / h], axis=1).astype(np.float64)
 
 
 def plot_local_matches(image_a, image_b, points_a: np.ndarray, points_b: np.ndarray, path: str | Path,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from selavpr_ros.config import check
+from selavpr_ros.geometry.estimation import VerificationConfig
 from selavpr_ros.retrieval.config import RetrievalConfig
 
 
@@ -61,6 +62,12 @@ class LoopClosureConfig:
     exclusion: ExclusionConfig = field(default_factory=ExclusionConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    geometry: VerificationConfig = field(default_factory=VerificationConfig)  # used with stage 'geometric'
+
+    @property
+    def verifies(self) -> bool:
+        """Whether candidates are verified geometrically (stage ``geometric``)."""
+        return "geometric" in self.retrieval.stages
 
     def __post_init__(self) -> None:
         check(-1.0 <= self.min_score <= 1.0, "min_score must be in [-1, 1]")

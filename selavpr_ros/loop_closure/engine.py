@@ -1,9 +1,10 @@
 """Turn raw retrieval results into loop closures a SLAM back-end can trust.
 
 Per frame: keyframe gate -> retrieval with the temporal exclusion applied
-inside the search -> minimum score -> top-N -> temporal consistency over
-consecutive queries (as ORB-SLAM's consistent groups) -> in mapping mode the
-keyframe is then added to the map. Every reported candidate carries a status
+inside the search -> minimum score -> top-N -> geometric verification (stage
+``geometric``: relative pose from correspondences) -> temporal consistency
+over consecutive queries (as ORB-SLAM's consistent groups) -> in mapping mode
+the keyframe is then added to the map, with its camera model and keypoints. Every reported candidate carries a status
 and a human-readable reason. Given the same inputs the output is the same.
 """
 
@@ -16,9 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from selavpr_ros.errors import MapError
+from selavpr_ros.geometry.estimation import RelativePose
 from selavpr_ros.loop_closure.config import LoopClosureConfig
 from selavpr_ros.mapdb.database import MapDatabase
+from selavpr_ros.models.config import PreprocessConfig
 from selavpr_ros.retrieval.retriever import Candidates, Retriever
+from selavpr_ros.retrieval.verification import QueryView, Verifier
 from selavpr_ros.types import Descriptors, KeyframeRecord, Pose
 
 
@@ -29,6 +33,16 @@ class Status(enum.IntEnum):
     LOW_SCORE = 1
     INCONSISTENT = 2
     EXCLUDED = 3
+    GEOMETRY_REJECTED = 4
+
+
+class Verification(enum.IntEnum):
+    """Outcome of the geometric stage; values match the ``VERIFICATION_*`` constants of the message."""
+
+    NOT_RUN = 0  # the stage is off, or the candidate failed an earlier test
+    VERIFIED = 1
+    REJECTED = 2
+    SKIPPED = 3  # no camera model or keypoints for the query or the keyframe
 
 
 @dataclass
@@ -46,6 +60,13 @@ class LoopCandidate:
     status: Status
     reason: str
     match_pose: Pose | None = None
+    verification: Verification = Verification.NOT_RUN
+    geometry: RelativePose | None = None  # outcome of the geometric stage, when it ran
+
+    @property
+    def relative_pose(self) -> RelativePose | None:
+        """Pose of the match camera in the query camera frame, when verified."""
+        return self.geometry if self.verification == Verification.VERIFIED else None
 
 
 @dataclass
@@ -104,16 +125,19 @@ class KeyframeGate:
 class LoopClosureEngine:
     """Stateful loop-closure detection over a map (mapping: read-write; localization: read-only)."""
 
-    def __init__(self, database: MapDatabase, config: LoopClosureConfig | None = None) -> None:
+    def __init__(self, database: MapDatabase, config: LoopClosureConfig | None = None,
+                 preprocess: PreprocessConfig | None = None) -> None:
         self.config = config or LoopClosureConfig()
         if self.config.mode == "mapping" and not database.writable:
             raise MapError(f"{database.path}: mapping mode needs the map open for writing")
         self.db = database
         self.retriever = Retriever(database, self.config.retrieval)
+        self.verifier = Verifier(database, self.config.geometry, preprocess) if self.config.verifies else None
         self.gate = KeyframeGate(self.config.keyframe)
         # The previous query's candidates above min_score: (match session id, match stamp, chain length).
         # Chains carry their length forward, so one query of history is all consistency needs.
         self._previous: list[tuple[int, int, int]] = []
+        self._verify_ms = 0.0
         self._session_id: int | None = None
         if self.config.mode == "mapping":
             self._session_id = database.session_id(self.config.session)
@@ -142,8 +166,11 @@ class LoopClosureEngine:
         return ~excluded if excluded.any() else None
 
     # -- main entry -----------------------------------------------------------------
-    def process(self, query: Descriptors, record: KeyframeRecord) -> FrameResult:
-        """Handle one described frame (``query`` has one row); see the module docstring."""
+    def process(self, query: Descriptors, record: KeyframeRecord, view: QueryView | None = None) -> FrameResult:
+        """Handle one described frame (``query`` has one row); see the module docstring.
+
+        ``view`` carries the frame's camera model and keypoints for the geometric stage.
+        """
         t0 = time.perf_counter()
         descriptor = query.descriptors[0]
         reason = self.gate.check(record.stamp_ns, descriptor, record.pose)
@@ -153,11 +180,14 @@ class LoopClosureEngine:
         allowed = self._exclusion_mask(record.stamp_ns)
         cand = self.retriever.search(query, allowed)
         result = FrameResult(record.stamp_ns, True, timings_ms=dict(cand.timings_ms))
-        result.candidates = self._judge(cand, record)
+        result.candidates = self._judge(cand, record, view)
+        if "geometric" in self.config.retrieval.stages:
+            result.timings_ms["geometric"] = self._verify_ms
         if self.config.report_excluded and allowed is not None:
             result.candidates += self._excluded(query, allowed, record)
         if self.config.mode == "mapping":
-            ids = self.db.add(query, [record], session=self.config.session)
+            keypoints = [view.keypoints] if view is not None and view.keypoints is not None else None
+            ids = self.db.add(query, [record], session=self.config.session, keypoints=keypoints)
             result.keyframe_id = ids[0]
             for c in result.candidates:
                 c.query_keyframe_id = ids[0]
@@ -170,32 +200,62 @@ class LoopClosureEngine:
             return cand.similarity.astype(np.float64)
         return 1.0 - 2.0 * cand.hamming / self.db.layout.code_bits
 
-    def _judge(self, cand: Candidates, record: KeyframeRecord) -> list[LoopCandidate]:
+    def _verify(self, view: QueryView | None, rows: list[int]) -> dict[int, RelativePose]:
+        t0 = time.perf_counter()
+        poses = {}
+        if self.verifier is not None and rows:
+            view = view or QueryView(skip_reason="the frame has no camera model (no CameraInfo)")
+            poses = dict(zip(rows, self.verifier.verify(view, rows)))
+        self._verify_ms = (time.perf_counter() - t0) * 1000
+        return poses
+
+    def _judge(self, cand: Candidates, record: KeyframeRecord, view: QueryView | None = None) -> list[LoopCandidate]:
         cfg = self.config
         top = cand.take(np.arange(min(cfg.top_n, len(cand))))
         scores = self._score(top)
         meta = self.db.rows[top.rows] if len(top) else self.db.rows[:0]
         records = self.db.records(top.rows) if len(top) else []
+        low = [self._low_score(float(scores[i]), int(top.local_matches[i])) for i in range(len(top))]
+        poses = self._verify(view, [int(top.rows[i]) for i in range(len(top)) if not low[i]])
         passing: list[tuple[int, int, int]] = []
         out = []
         for i in range(len(top)):
-            sid, stamp = int(meta["session"][i]), int(meta["stamp_ns"][i])
-            score, local = float(scores[i]), int(top.local_matches[i])
-            if score < cfg.min_score:
-                status, why = Status.LOW_SCORE, f"score {score:.3f} < min_score {cfg.min_score}"
-            elif 0 <= local < cfg.min_local_matches:
-                status, why = Status.LOW_SCORE, f"{local} local matches < min_local_matches {cfg.min_local_matches}"
+            sid, stamp, row = int(meta["session"][i]), int(meta["stamp_ns"][i]), int(top.rows[i])
+            score = float(scores[i])
+            pose = poses.get(row)
+            verification = Verification.NOT_RUN
+            if pose is not None:
+                verification = Verification.VERIFIED if pose.valid else \
+                    Verification.SKIPPED if pose.skipped else Verification.REJECTED
+            geometry = "" if pose is None else f"; geometry: {pose.reason}"
+            if low[i]:
+                status, why = Status.LOW_SCORE, low[i]
+            elif verification == Verification.REJECTED or \
+                    (verification == Verification.SKIPPED and cfg.geometry.required):
+                status, why = Status.GEOMETRY_REJECTED, f"score {score:.3f}{geometry}"
             else:
                 chain = 1 + self._chain_before(sid, stamp)
                 passing.append((sid, stamp, chain))
                 if chain >= cfg.consistency.n:
-                    status, why = Status.ACCEPTED, f"score {score:.3f}, consistent over {chain} queries"
+                    status, why = Status.ACCEPTED, f"score {score:.3f}, consistent over {chain} queries{geometry}"
                 else:
                     status = Status.INCONSISTENT
-                    why = f"seen in {chain} of {cfg.consistency.n} consecutive queries"
-            out.append(self._candidate(record, int(top.rows[i]), records[i], score, top, i, i + 1, status, why))
+                    why = f"seen in {chain} of {cfg.consistency.n} consecutive queries{geometry}"
+            c = self._candidate(record, row, records[i], score, top, i, i + 1, status, why)
+            c.verification = verification
+            c.geometry = pose
+            out.append(c)
         self._previous = passing
         return out
+
+    def _low_score(self, score: float, local: int) -> str:
+        """Why a candidate fails the retrieval thresholds; empty when it passes."""
+        cfg = self.config
+        if score < cfg.min_score:
+            return f"score {score:.3f} < min_score {cfg.min_score}"
+        if 0 <= local < cfg.min_local_matches:
+            return f"{local} local matches < min_local_matches {cfg.min_local_matches}"
+        return ""
 
     def _chain_before(self, session: int, stamp: int) -> int:
         """Length of the consistent chain that the previous query offers for a match at (session, stamp)."""
@@ -241,3 +301,4 @@ class LoopClosureEngine:
             )
             for i in range(len(top))
         ]
+

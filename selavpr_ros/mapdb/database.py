@@ -34,6 +34,8 @@ import numpy as np
 from selavpr_ros._version import __version__
 from selavpr_ros.config import from_dict, to_dict
 from selavpr_ros.errors import DiskFullError, LayoutMismatchError, MapError, MapLockedError
+from selavpr_ros.geometry.camera import CameraModel
+from selavpr_ros.geometry.features import Keypoints
 from selavpr_ros.mapdb.arrays import RowArray
 from selavpr_ros.mapdb.records import FLAG_HAS_POSE, ROW_META, StorageConfig, StoredLayout, decode_local, encode_local
 from selavpr_ros.types import DescriptorLayout, Descriptors, KeyframeRecord, Pose
@@ -63,15 +65,22 @@ CREATE TABLE keyframes (
     px REAL, py REAL, pz REAL, qx REAL, qy REAL, qz REAL, qw REAL,
     covariance BLOB,
     deleted INTEGER NOT NULL DEFAULT 0,
-    pose_frame TEXT NOT NULL DEFAULT ''
+    pose_frame TEXT NOT NULL DEFAULT '',
+    camera_id INTEGER
 );
 CREATE INDEX keyframes_session ON keyframes(session_id);
 CREATE INDEX keyframes_deleted ON keyframes(deleted) WHERE deleted = 1;
 """
+# Geometry (camera models, keyframe keypoints) came after schema 1's first release: additive
+# tables, created when a writer opens an older map; readers of such a map see no geometry.
+_GEOMETRY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cameras (id INTEGER PRIMARY KEY, digest TEXT UNIQUE NOT NULL, model TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keypoints (keyframe_id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+"""
 
 _KEYFRAME_COLUMNS = (
     "k.id, k.row, s.name, k.stamp_ns, k.frame_id, k.source, k.topic, k.image_ref, "
-    "k.px, k.py, k.pz, k.qx, k.qy, k.qz, k.qw, k.covariance, {pose_frame}"
+    "k.px, k.py, k.pz, k.qx, k.qy, k.qz, k.qw, k.covariance, {pose_frame}, {camera}"
 )
 
 
@@ -148,6 +157,7 @@ class MapDatabase:
         conn = cls._connect(path / DB_NAME, writable=True)
         with conn:
             conn.executescript(_SCHEMA)
+            conn.executescript(_GEOMETRY_SCHEMA)
             meta = {
                 "schema_version": str(SCHEMA_VERSION),
                 "count": "0",
@@ -251,7 +261,16 @@ class MapDatabase:
         if "pose_frame" not in columns and self.writable:
             self._conn.execute("ALTER TABLE keyframes ADD COLUMN pose_frame TEXT NOT NULL DEFAULT ''")
             columns.add("pose_frame")
-        self._columns = _KEYFRAME_COLUMNS.format(pose_frame="k.pose_frame" if "pose_frame" in columns else "''")
+        if "camera_id" not in columns and self.writable:
+            self._conn.execute("ALTER TABLE keyframes ADD COLUMN camera_id INTEGER")
+            columns.add("camera_id")
+        if self.writable:
+            self._conn.executescript(_GEOMETRY_SCHEMA)
+        tables = {t for (t,) in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        self._has_geometry = {"cameras", "keypoints"} <= tables and "camera_id" in columns
+        self._cameras: dict[int, CameraModel] = {}
+        self._columns = _KEYFRAME_COLUMNS.format(pose_frame="k.pose_frame" if "pose_frame" in columns else "''",
+                                                 camera="k.camera_id" if self._has_geometry else "NULL")
 
     @property
     def arrays(self) -> dict[str, RowArray]:
@@ -360,15 +379,20 @@ class MapDatabase:
             if not np.isfinite(desc.local_features).all():
                 raise MapError("local features contain NaN or infinite values; nothing was added")
 
-    def add(self, desc: Descriptors, records: Sequence[KeyframeRecord], session: str = "default") -> list[int]:
+    def add(self, desc: Descriptors, records: Sequence[KeyframeRecord], session: str = "default",
+            keypoints: Sequence[Keypoints | None] | None = None) -> list[int]:
         """Append keyframes atomically; returns their new keyframe ids.
 
         Either all of ``records`` are committed or none is, whatever happens
-        (exception, SIGKILL, power loss after the commit returns).
+        (exception, SIGKILL, power loss after the commit returns). ``keypoints``
+        (one entry per record, None where there are none) and each record's
+        ``camera`` are committed in the same transaction.
         """
         self._require_writable()
         records = list(records)
         self._validate(desc, records)
+        if keypoints is not None and len(keypoints) != len(records):
+            raise MapError(f"{len(keypoints)} keypoint sets for {len(records)} keyframes")
         if not records:
             return []
         with self._mutex:
@@ -387,7 +411,7 @@ class MapDatabase:
                     assert desc.local_features is not None  # _validate requires them when the map stores local
                     self._arrays["local"].write_rows(start, encode_local(desc.local_features, self.info.stored.storage))
                 self._arrays["rows"].write_rows(start, rows_meta)
-                self._commit(start, ids, sid, records)
+                self._commit(start, ids, sid, records, keypoints)
             except DiskFullError as exc:
                 raise DiskFullError(
                     f"{exc}; nothing of these {len(records)} keyframes was added, committed entries are intact"
@@ -396,7 +420,16 @@ class MapDatabase:
                 record.keyframe_id, record.row, record.session = kid, row, session
             return ids
 
-    def _commit(self, start: int, ids: list[int], sid: int, records: Sequence[KeyframeRecord]) -> None:
+    def _camera_id(self, camera: CameraModel | None) -> int | None:
+        """Row of ``camera`` in the cameras table, inserted on first use (inside the caller's transaction)."""
+        if camera is None:
+            return None
+        digest = camera.digest()
+        self._conn.execute("INSERT OR IGNORE INTO cameras (digest, model) VALUES (?, ?)", (digest, camera.to_json()))
+        return int(self._conn.execute("SELECT id FROM cameras WHERE digest = ?", (digest,)).fetchone()[0])
+
+    def _commit(self, start: int, ids: list[int], sid: int, records: Sequence[KeyframeRecord],
+                keypoints: Sequence[Keypoints | None] | None = None) -> None:
         values = []
         for i, (kid, r) in enumerate(zip(ids, records)):
             p = r.pose
@@ -404,17 +437,22 @@ class MapDatabase:
             ori = p.orientation if p else (None, None, None, None)
             cov = np.asarray(p.covariance, "<f8").tobytes() if p is not None and p.covariance is not None else None
             values.append(
-                (kid, start + i, sid, int(r.stamp_ns), r.frame_id, r.source, r.topic, r.image_ref, *pos, *ori, cov,
-                 p.frame_id if p else "")
+                [kid, start + i, sid, int(r.stamp_ns), r.frame_id, r.source, r.topic, r.image_ref, *pos, *ori, cov,
+                 p.frame_id if p else "", None]
             )
         new_count = start + len(records)
+        blobs = [(kid, kp.to_bytes()) for kid, kp in zip(ids, keypoints or ()) if kp is not None]
         try:
             self._conn.execute("BEGIN IMMEDIATE")
+            for row, r in zip(values, records):
+                row[-1] = self._camera_id(r.camera)
             self._conn.executemany(
                 "INSERT INTO keyframes (id, row, session_id, stamp_ns, frame_id, source, topic, image_ref, "
-                "px, py, pz, qx, qy, qz, qw, covariance, pose_frame) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "px, py, pz, qx, qy, qz, qw, covariance, pose_frame, camera_id) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 values,
             )
+            self._conn.executemany("INSERT INTO keypoints (keyframe_id, data) VALUES (?, ?)", blobs)
             self._conn.execute("UPDATE meta SET value = ? WHERE key = 'count'", (str(new_count),))
             self._conn.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", (str(ids[-1] + 1),))
             self._conn.execute("COMMIT")
@@ -503,6 +541,9 @@ class MapDatabase:
                     os.fsync(fd)
                     os.close(fd)
             self._conn.execute("BEGIN IMMEDIATE")
+            if self._has_geometry:
+                self._conn.execute(
+                    "DELETE FROM keypoints WHERE keyframe_id IN (SELECT id FROM keyframes WHERE deleted = 1)")
             self._conn.execute("DELETE FROM keyframes WHERE deleted = 1")
             self._conn.execute("DELETE FROM sessions WHERE deleted = 1")
             self._conn.executemany(
@@ -650,9 +691,30 @@ class MapDatabase:
             None if local is None else decode_local(np.asarray(local[idx])),
         )
 
-    @staticmethod
-    def _record(row: tuple) -> KeyframeRecord:
-        kid, r, session, stamp, frame_id, source, topic, image_ref, px, py, pz, qx, qy, qz, qw, cov, frame = row
+    def camera(self, camera_id: int | None) -> CameraModel | None:
+        """The stored camera model of that id (cached: models never change once stored)."""
+        if camera_id is None:
+            return None
+        if camera_id not in self._cameras:
+            found = self._conn.execute("SELECT model FROM cameras WHERE id = ?", (int(camera_id),)).fetchone()
+            if found is None:
+                raise MapError(f"{self.path}: keyframe refers to camera {camera_id}, which the map does not hold")
+            self._cameras[camera_id] = CameraModel.from_json(found[0])
+        return self._cameras[camera_id]
+
+    def keypoints(self, keyframe_ids: Sequence[int]) -> dict[int, Keypoints]:
+        """Stored keypoints of these keyframes (those that have some), by keyframe id."""
+        ids = [int(i) for i in keyframe_ids]
+        if not ids or not self._has_geometry:
+            return {}
+        with self._mutex:
+            found = self._conn.execute(
+                f"SELECT keyframe_id, data FROM keypoints WHERE keyframe_id IN ({','.join('?' * len(ids))})", ids
+            ).fetchall()
+        return {int(k): Keypoints.from_bytes(bytes(b), f"{self.path}: keyframe {k}") for k, b in found}
+
+    def _record(self, row: tuple) -> KeyframeRecord:
+        kid, r, session, stamp, frame_id, source, topic, image_ref, px, py, pz, qx, qy, qz, qw, cov, frame, cam = row
         pose = None
         if px is not None:
             covariance = tuple(np.frombuffer(cov, "<f8").tolist()) if cov is not None else None
@@ -667,6 +729,7 @@ class MapDatabase:
             session=session,
             keyframe_id=kid,
             row=r,
+            camera=self.camera(cam),
         )
 
     def newest_keyframe(self, session: str) -> tuple[KeyframeRecord, np.ndarray] | None:
@@ -715,4 +778,12 @@ class MapDatabase:
             "array_bytes": {k: a.nbytes(self.info.count) for k, a in self._arrays.items()},
             "time_span_s": float((stamps.max() - stamps.min()) * 1e-9) if len(stamps) else 0.0,
             "generation": self.info.generation,
+            "keypoint_bytes_per_keyframe": self._keypoint_bytes(),
         }
+
+    def _keypoint_bytes(self) -> float:
+        if not self._has_geometry:
+            return 0.0
+        with self._mutex:
+            (avg,) = self._conn.execute("SELECT AVG(LENGTH(data)) FROM keypoints").fetchone()
+        return float(avg or 0.0)

@@ -10,7 +10,7 @@ its own. Discovery follows ``ROS_AUTOMATIC_DISCOVERY_RANGE`` /
 ``ROS_LOCALHOST_ONLY`` as rmw_cyclonedds does.
 
 Topic names are those of the rclpy node, relative so that namespaces and
-remapping work: ``image`` in, ``loop_closures`` out, ``odom`` for
+remapping work: ``image`` and ``camera_info`` in, ``loop_closures`` out, ``odom`` for
 ``pose_source: odom``, ``/tf`` and ``/tf_static`` for ``pose_source: tf``.
 
 Services (save map, set mode, reset) need the ROS 2 request/reply
@@ -41,6 +41,7 @@ COMPRESSED = "sensor_msgs/msg/CompressedImage"
 CANDIDATES = "selavpr_ros/msg/LoopClosureCandidateArray"
 DIAGNOSTICS = "diagnostic_msgs/msg/DiagnosticArray"
 TF = "tf2_msgs/msg/TFMessage"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 ODOMETRY = "nav_msgs/msg/Odometry"
 
 
@@ -133,18 +134,21 @@ class DDSNode:
 
         self.transforms = LiveTransforms() if p["pose_source"] == "tf" else None
         self.odometry = LiveOdometry() if p["pose_source"] == "odom" else None
-        self._pose_readers = []
+        self._side_readers = []
         if self.transforms is not None:
             tfs = self.transforms
-            self._pose_readers += [
+            self._side_readers += [
                 reader("/tf", TF, reliable_qos(100), lambda r: self._take(r, lambda m: tfs.add(m))),
                 reader("/tf_static", TF, static_qos(), lambda r: self._take(r, lambda m: tfs.add(m, static=True))),
             ]
         if self.odometry is not None:
             odometry = self.odometry
-            self._pose_readers.append(reader("odom", ODOMETRY, reliable_qos(100),
+            self._side_readers.append(reader("odom", ODOMETRY, reliable_qos(100),
                                              lambda r: self._take(r, odometry.add)))
         pipeline.pose_lookup = pose_lookup(p, self.transforms, self.odometry)
+        cameras = pipeline.cameras
+        self._side_readers.append(reader("camera_info", CAMERA_INFO, sensor_qos(),
+                                         lambda r: self._take(r, lambda m: cameras.add(stamp_ns(m.header), m))))
         self.reader = reader("image", self.image_type, sensor_qos(), self._on_data)
         self._diag_thread = threading.Thread(target=self._diagnostics_loop, name="vpr-diagnostics", daemon=True)
         self._diag_thread.start()
@@ -155,13 +159,13 @@ class DDSNode:
         try:
             samples = reader.take(N=256)
         except Exception:  # noqa: BLE001 - a malformed sample must not stop the node
-            log.warning("unreadable pose sample", exc_info=True)
+            log.warning("unreadable sample", exc_info=True)
             return
         for sample in samples:
             try:
                 handle(sample)
             except Exception:  # noqa: BLE001
-                log.warning("unusable pose sample", exc_info=True)
+                log.warning("unusable sample", exc_info=True)
 
     def _on_data(self, reader) -> None:
         try:
@@ -198,7 +202,7 @@ class DDSNode:
     def close(self) -> None:
         self._closed.set()
         self.reader.set_listener(None)
-        for r in self._pose_readers:
+        for r in self._side_readers:
             r.set_listener(None)
         self.worker.stop()
         self.pipeline.save_map()

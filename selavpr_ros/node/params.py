@@ -88,10 +88,26 @@ PARAMS: tuple[ParamSpec, ...] = (
               1, 100),
     ParamSpec("loop_closure.consistency.max_gap_s", 5.0, "Agreeing matches lie within this map time (s)", 0.01, INF),
     ParamSpec("loop_closure.retrieval.stages", "binary,float", "Retrieval stages, comma-separated, in order "
-              "(binary, float, local)", read_only=True),
+              "(binary, float, local, geometric); geometric verifies the top_n candidates with the camera model "
+              "(camera_info topic) and gives each a relative pose", read_only=True),
     ParamSpec("loop_closure.retrieval.k", 100, "Candidates from the first stage", 1, 100000, read_only=True),
     ParamSpec("loop_closure.retrieval.local_k", 20, "Candidates re-ranked with local features", 1, 1000,
               read_only=True),
+    ParamSpec("loop_closure.geometry.matcher", "keypoints", "Correspondences for the geometric stage: keypoints "
+              "(stored ORB/SIFT, every model) or dense (the model's local features, SelaVPR)",
+              choices=("keypoints", "dense"), read_only=True),
+    ParamSpec("loop_closure.geometry.min_inliers", 30, "Fewest RANSAC inliers of a verified candidate", 6, 100000),
+    ParamSpec("loop_closure.geometry.min_inlier_ratio", 0.3, "Lowest inliers / putative matches of a verified "
+              "candidate", 0.0, 1.0),
+    ParamSpec("loop_closure.geometry.ransac_threshold_px", 2.0, "RANSAC inlier threshold (pixels)", 0.1, 50.0),
+    ParamSpec("loop_closure.geometry.required", False, "Reject candidates that cannot be verified (no CameraInfo, "
+              "no stored keypoints) instead of letting retrieval decide"),
+    ParamSpec("loop_closure.geometry.keypoints.detector", "orb", "Keypoints stored per keyframe: orb (36 B each) "
+              "or sift (132 B each, slower, more robust)", choices=("orb", "sift"), read_only=True),
+    ParamSpec("loop_closure.geometry.keypoints.max_keypoints", 1000, "Keypoints per keyframe", 16, 8192,
+              read_only=True),
+    ParamSpec("camera_info.max_age_s", 1.0, "Use the newest CameraInfo up to this far from the image stamp when "
+              "none has the image's exact stamp (s)", 0.0, 3600.0),
 )
 SPECS = {p.name: p for p in PARAMS}
 

@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from selavpr_ros.errors import MapError, StampError
+from selavpr_ros.errors import CameraError, MapError, StampError
+from selavpr_ros.geometry.camera import CameraModel, CameraTrack
+from selavpr_ros.geometry.features import detect
 from selavpr_ros.inference.base import Extractor
 from selavpr_ros.inference.loader import open_extractor
 from selavpr_ros.loop_closure.config import LoopClosureConfig
@@ -24,6 +26,7 @@ from selavpr_ros.loop_closure.engine import FrameResult, LoopCandidate, LoopClos
 from selavpr_ros.mapdb.database import DB_NAME, MapDatabase
 from selavpr_ros.models.zoo import resolve_checkpoint
 from selavpr_ros.node.params import loop_closure_config
+from selavpr_ros.retrieval.verification import QueryView
 from selavpr_ros.transport.image_decoding import check_string_field, decode_any, shown
 from selavpr_ros.types import KeyframeRecord, Pose, header_fields, ns_to_stamp
 
@@ -41,6 +44,9 @@ class Frame:
     pose: Pose | None = None
     source: str = "live"
     topic: str = ""
+    camera: CameraModel | None = None  # from the CameraInfo matched to the image
+    camera_problem: str = ""  # why there is no camera model (shown in the candidates' reason, counted)
+    depth: np.ndarray | None = None  # (H, W) metres, registered to the image
 
 
 @dataclass
@@ -134,7 +140,11 @@ class VPRPipeline:
         self.map_path = Path(params["map_path"]).expanduser()
         self.lock = threading.RLock()  # frames vs services
         self.db = open_map(self.map_path, self.extractor, params["mode"])
-        self.engine = LoopClosureEngine(self.db, self.lc_config)
+        self.engine = self._engine(self.db, self.lc_config)
+        self.geometry_skipped = 0  # frames the geometric stage could not verify (no or unusable CameraInfo)
+        self.last_geometry_skip = ""
+        # CameraInfo from the transport's camera_info subscription (replay sets Frame.camera itself)
+        self.cameras = CameraTrack(int(float(params["camera_info.max_age_s"]) * 1e9))
         self.stamps = StampGuard(int(float(params["max_stamp_jump_s"]) * 1e9))
         self.pose_lookup: Callable[[Frame], Pose | None] | None = None
         self._copying = threading.Lock()
@@ -142,6 +152,24 @@ class VPRPipeline:
     @property
     def lc_config(self) -> LoopClosureConfig:
         return loop_closure_config(self.params)
+
+    def _engine(self, db: MapDatabase, config: LoopClosureConfig) -> LoopClosureEngine:
+        return LoopClosureEngine(db, config, self.extractor.preprocess)
+
+    def query_view(self, rgb: np.ndarray, frame: Frame, local: np.ndarray | None) -> QueryView | None:
+        """The frame's camera model and keypoints for the geometric stage (None when it is off)."""
+        config = self.engine.config
+        if not config.verifies:
+            return None
+        problem = frame.camera_problem
+        if problem or frame.camera is None:
+            self.geometry_skipped += 1
+            self.last_geometry_skip = problem
+            return QueryView(skip_reason=f"geometry skipped: {problem or 'no camera model'}")
+        keypoints = None
+        if config.geometry.matcher == "keypoints" or config.mode == "mapping":
+            keypoints = detect(rgb, config.geometry.keypoints, frame.depth)
+        return QueryView(frame.camera, keypoints, local)
 
     @property
     def map_id(self) -> str:
@@ -173,19 +201,30 @@ class VPRPipeline:
                     f"{(self.stamps.last_ns or 0) * 1e-9:.3f} s; held back until confirmed"
                 )
             if verdict == "reset":  # the clock was reset: restart the gate and consistency
-                self.engine = LoopClosureEngine(self.db, self.lc_config)
+                self.engine = self._engine(self.db, self.lc_config)
         if frame.pose is None and self.pose_lookup is not None:
             frame.pose = self.pose_lookup(frame)
+        if frame.camera is None and not frame.camera_problem:  # stored with the keyframe, verifying or not
+            frame.camera, frame.camera_problem = self.cameras.lookup(frame.stamp_ns)
+        if frame.camera is not None:
+            try:
+                frame.camera.check_image(rgb.shape[1], rgb.shape[0])
+            except CameraError as exc:  # a wrong camera_info is not stored
+                frame.camera, frame.camera_problem = None, str(exc)
         t1 = time.perf_counter()
         desc = self.extractor.extract([rgb], batch_size=1)
         t2 = time.perf_counter()
+        view = self.query_view(rgb, frame, None if desc.local_features is None else desc.local_features[0])
+        t3 = time.perf_counter()
         record = KeyframeRecord(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, source=frame.source,
-                                topic=frame.topic, pose=frame.pose)
+                                topic=frame.topic, pose=frame.pose, camera=frame.camera)
         with self.lock:
-            result = self.engine.process(desc, record)
+            result = self.engine.process(desc, record, view)
         timings["describe"] = (t2 - t1) * 1000
+        if view is not None:
+            timings["keypoints"] = (t3 - t2) * 1000
         timings.update({f"retrieval.{k}": v for k, v in result.timings_ms.items()})
-        timings["total"] = sum(v for k, v in timings.items() if k in ("decode", "describe")) + \
+        timings["total"] = sum(v for k, v in timings.items() if k in ("decode", "describe", "keypoints")) + \
             result.timings_ms.get("total", 0.0)
         return FrameOutcome(frame, result, timings)
 
@@ -199,7 +238,7 @@ class VPRPipeline:
     def reset(self) -> str:
         """Forget the consistency history and the keyframe gate (the map keeps its entries)."""
         with self.lock:
-            self.engine = LoopClosureEngine(self.db, self.lc_config)
+            self.engine = self._engine(self.db, self.lc_config)
         return "loop-closure state reset"
 
     @property
@@ -257,13 +296,13 @@ class VPRPipeline:
                 self.db.close()  # one writer per map: release it before reopening in the other mode
             try:
                 db = open_map(self.map_path, self.extractor, new_params["mode"]) if mode_changed else self.db
-                engine = LoopClosureEngine(db, config)
+                engine = self._engine(db, config)
             except Exception:
                 if mode_changed:  # back to the old mode, map and a fresh engine on them
                     if db is not None:
                         db.close()
                     self.db = open_map(self.map_path, self.extractor, self.params["mode"])
-                    self.engine = LoopClosureEngine(self.db, self.lc_config)
+                    self.engine = self._engine(self.db, self.lc_config)
                 raise
             self.params, self.db, self.engine = new_params, db, engine
             if mode_changed:
@@ -280,6 +319,12 @@ def candidate_fields(c: LoopCandidate, map_id: str) -> dict[str, Any]:
                          "orientation": dict(zip("xyzw", map(float, q)))}}
         if c.match_pose.covariance is not None:
             pose["covariance"] = np.asarray(c.match_pose.covariance, np.float64)
+    rel: dict[str, Any] = {}
+    rp = c.relative_pose
+    if rp is not None:
+        rel = {"pose": {"position": dict(zip("xyz", map(float, rp.translation))),
+                        "orientation": dict(zip("xyzw", rp.quaternion()))},
+               "covariance": np.asarray(rp.covariance, np.float64).ravel()}
     return {
         "match_stamp": ns_to_stamp(c.match_stamp_ns),
         "query_keyframe_id": int(c.query_keyframe_id),
@@ -295,6 +340,13 @@ def candidate_fields(c: LoopCandidate, map_id: str) -> dict[str, Any]:
         "has_match_pose": c.match_pose is not None,
         "match_pose": pose,
         "match_pose_frame_id": c.match_pose.frame_id if c.match_pose is not None else "",
+        "verification": int(c.verification),
+        "has_relative_pose": rp is not None,
+        "relative_pose_metric": bool(rp is not None and rp.metric),
+        "relative_pose": rel,
+        "relative_pose_model": rp.model if rp is not None else "",
+        "inlier_count": int(c.geometry.inliers) if c.geometry is not None and not c.geometry.skipped else -1,
+        "inlier_ratio": float(c.geometry.inlier_ratio) if c.geometry is not None else 0.0,
     }
 
 

@@ -107,6 +107,9 @@ class LatestFrameWorker:
             out: dict = dict(self.stats.summary())
             out["last_error"] = self.stats.last_error
         out["worker_alive"] = self._thread.is_alive() or self._stop  # stopped on purpose is not dead
+        out["geometry_skipped"] = self.pipeline.geometry_skipped
+        out["camera_info_received"] = self.pipeline.cameras.received
+        out["last_geometry_skip"] = self.pipeline.last_geometry_skip
         return out
 
     def _run(self) -> None:
@@ -165,7 +168,11 @@ def diagnostic_status(snapshot: dict, map_size: int, mode: str, name: str = "vpr
     s = dict(snapshot)
     last_error = clip(str(s.pop("last_error", "")))
     alive = bool(s.pop("worker_alive", True))
+    geometry_skip = clip(str(s.pop("last_geometry_skip", "")))
     level, message = 0, f"{mode}: {s['processed']} frames, {map_size} keyframes in the map"
+    if s.get("geometry_skipped"):
+        level = 1
+        message = f"{s['geometry_skipped']} frame(s) not verified geometrically: {geometry_skip}"
     if s["bad_frames"] or s["publish_errors"]:
         level = 1
         message = f"{s['bad_frames']} bad frame(s), {s['publish_errors']} failed publish(es); last: {last_error}"

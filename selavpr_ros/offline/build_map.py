@@ -1,6 +1,9 @@
 """Maps from bags: every image topic message through the keyframe gate into a map session.
 
 One bag becomes one session (named after the bag unless told otherwise).
+Each keyframe stores the camera model of its CameraInfo (the ``camera_info``
+topic beside the images) and, for the geometric stage, its keypoints (with
+depth when a registered depth topic is given).
 The build is resumable: a session already in the map continues after its
 newest keyframe, so re-running after a crash or Ctrl-C adds only what is
 missing. Keyframes are committed in small groups, each atomically.
@@ -17,15 +20,24 @@ from PIL import Image
 from tqdm import tqdm
 
 from selavpr_ros.bags.poses import PoseTrack, load_pose_track
-from selavpr_ros.bags.reader import image_connections, iter_images, open_bags
-from selavpr_ros.errors import BagError, ImageError
+from selavpr_ros.bags.reader import (
+    StampedLookup,
+    camera_info_topic,
+    image_connections,
+    iter_images,
+    load_camera_track,
+    open_bags,
+)
+from selavpr_ros.errors import BagError, CameraError, ImageError
+from selavpr_ros.geometry.camera import CameraTrack
+from selavpr_ros.geometry.features import KeypointConfig, Keypoints, detect
 from selavpr_ros.inference.base import Extractor
 from selavpr_ros.loop_closure.config import KeyframeGateConfig
 from selavpr_ros.loop_closure.engine import KeyframeGate
 from selavpr_ros.mapdb.database import MapDatabase
 from selavpr_ros.mapdb.records import StorageConfig
 from selavpr_ros.node.pipeline import open_map
-from selavpr_ros.transport.image_decoding import decode_any
+from selavpr_ros.transport.image_decoding import decode_any, decode_depth
 from selavpr_ros.types import Descriptors, KeyframeRecord
 
 log = logging.getLogger(__name__)
@@ -42,6 +54,8 @@ class SessionReport:
     gated_out: int = 0
     added: int = 0
     without_pose: int = 0
+    without_camera: int = 0
+    camera_problem: str = ""  # why keyframes have no camera model (the first reason seen)
     errors: list[str] = field(default_factory=list)
 
 
@@ -65,8 +79,17 @@ def build_map(
     max_pose_gap_s: float = 0.5,
     commit_every: int = 32,
     progress: bool = True,
+    camera_info: str | None = "",
+    keypoints: KeypointConfig | str | None = "auto",
+    depth_topic: str | None = None,
 ) -> list[SessionReport]:
-    """Add the keyframes of each bag to the map at ``out`` (created when absent)."""
+    """Add the keyframes of each bag to the map at ``out`` (created when absent).
+
+    ``camera_info``: CameraInfo topic ("" = the one beside ``image_topic``, None = none);
+    ``keypoints``: store keyframe keypoints for the geometric stage ("auto": ORB when the
+    bag has CameraInfo, which verification needs anyway); ``depth_topic``:
+    a depth image registered to the camera, stamped like it, for metric (PnP) poses.
+    """
     if sessions is not None and len(sessions) != len(bags):
         raise BagError(f"{len(sessions)} session names for {len(bags)} bags")
     out = Path(out)
@@ -75,17 +98,48 @@ def build_map(
     try:
         for i, bag in enumerate(bags):
             name = sessions[i] if sessions else session_name(Path(bag))
+            geometry = _Geometry(camera_info, keypoints, depth_topic)
             reports.append(_build_session(db, Path(bag), name, image_topic, extractor, pose_topic, base_frame,
                                           map_frame, gate or KeyframeGateConfig(), save_images, max_pose_gap_s,
-                                          commit_every, progress))
+                                          commit_every, progress, geometry))
     finally:
         db.close()
     return reports
 
 
+@dataclass
+class _Geometry:
+    camera_info: str | None
+    keypoints: KeypointConfig | str | None
+    depth_topic: str | None
+    track: CameraTrack | None = None
+    depth: StampedLookup | None = None
+
+    def open(self, reader, image_topic: str) -> None:
+        if self.camera_info is not None:
+            self.track = load_camera_track(reader, self.camera_info or camera_info_topic(image_topic))
+        if self.keypoints == "auto":
+            self.keypoints = KeypointConfig() if self.track is not None and len(self.track) else None
+        if self.depth_topic:
+            self.depth = StampedLookup(reader, self.depth_topic)
+
+    def keypoints_of(self, rgb: np.ndarray, stamp: int) -> Keypoints | None:
+        if not isinstance(self.keypoints, KeypointConfig):
+            return None
+        depth = None
+        if self.depth is not None:
+            msg = self.depth.get(stamp)
+            depth = decode_depth(msg) if msg is not None else None
+            if depth is not None and depth.shape != rgb.shape[:2]:
+                raise ImageError(f"depth image {depth.shape[1]}x{depth.shape[0]} at {stamp} is not registered "
+                                 f"to the {rgb.shape[1]}x{rgb.shape[0]} camera image")
+        return detect(rgb, self.keypoints, depth)
+
+
 def _build_session(db: MapDatabase, bag: Path, session: str, image_topic: str, extractor: Extractor,
                    pose_topic: str | None, base_frame: str | None, map_frame: str | None, gate_cfg: KeyframeGateConfig,
-                   save_images: bool, max_pose_gap_s: float, commit_every: int, progress: bool) -> SessionReport:
+                   save_images: bool, max_pose_gap_s: float, commit_every: int, progress: bool,
+                   geometry: _Geometry) -> SessionReport:
     report = SessionReport(session, str(bag))
     gate = KeyframeGate(gate_cfg)
     resume_stamp = -1
@@ -99,19 +153,23 @@ def _build_session(db: MapDatabase, bag: Path, session: str, image_topic: str, e
         image_dir.mkdir(parents=True, exist_ok=True)
     pending_desc: list[Descriptors] = []
     pending_rec: list[KeyframeRecord] = []
+    pending_kp: list[Keypoints | None] = []
 
     def commit() -> None:
         if pending_rec:
-            db.add(Descriptors.concat(pending_desc), pending_rec, session=session)
+            db.add(Descriptors.concat(pending_desc), pending_rec, session=session,
+                   keypoints=pending_kp if isinstance(geometry.keypoints, KeypointConfig) else None)
             report.added += len(pending_rec)
             pending_desc.clear()
             pending_rec.clear()
+            pending_kp.clear()
 
     with open_bags([bag]) as reader:
         total = sum(c.msgcount for c in image_connections(reader, image_topic))
         track: PoseTrack | None = None
         if pose_topic:
             track = load_pose_track(reader, pose_topic, base_frame=base_frame, map_frame=map_frame)
+        geometry.open(reader, image_topic)
         posed = 0
         bar = tqdm(total=total, desc=f"{session}", unit="img", disable=not progress)
         for item in iter_images(reader, image_topic):
@@ -132,8 +190,17 @@ def _build_session(db: MapDatabase, bag: Path, session: str, image_topic: str, e
             if reason:
                 report.gated_out += 1
                 continue
+            problem = ""
             try:
                 rgb = decode_any(item.msg)
+                camera = None
+                if geometry.track is not None:
+                    camera, problem = geometry.track.lookup(item.stamp_ns)
+                    if camera is not None:
+                        camera.check_image(rgb.shape[1], rgb.shape[0])
+                kp = geometry.keypoints_of(rgb, item.stamp_ns)
+            except CameraError as exc:
+                camera, problem, kp = None, str(exc), geometry.keypoints_of(rgb, item.stamp_ns)
             except ImageError as exc:
                 report.bad_frames += 1
                 if len(report.errors) < 10:
@@ -148,9 +215,14 @@ def _build_session(db: MapDatabase, bag: Path, session: str, image_topic: str, e
                 path = image_dir / f"{item.stamp_ns}.jpg"
                 Image.fromarray(rgb).save(path, quality=92)
                 ref = str(path.relative_to(db.path))
+            if geometry.track is not None and camera is None:
+                report.without_camera += 1
+                report.camera_problem = report.camera_problem or problem
             pending_desc.append(desc)
+            pending_kp.append(kp)
             pending_rec.append(KeyframeRecord(stamp_ns=item.stamp_ns, frame_id=item.frame_id, source=str(bag),
-                                              topic=image_topic, image_ref=ref, pose=pose, session=session))
+                                              topic=image_topic, image_ref=ref, pose=pose, session=session,
+                                              camera=camera))
             gate.accept(item.stamp_ns, desc.descriptors[0], pose)
             if len(pending_rec) >= commit_every and (track is None or posed):
                 commit()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from selavpr_ros.bags.reader import image_connections, iter_images, open_bags
+from selavpr_ros.bags.reader import camera_info_topic, image_connections, iter_images, load_camera_track, open_bags
 from selavpr_ros.bags.writer import write_messages
 from selavpr_ros.errors import ImageError
 from selavpr_ros.node.pipeline import Frame, FrameOutcome, VPRPipeline, candidate_array_fields
@@ -44,13 +44,22 @@ class ReplayResult:
         return {k: float(np.median([o.timings_ms[k] for o in self.queries if k in o.timings_ms])) for k in keys}
 
 
-def replay(bag: str | Path, image_topic: str, pipeline: VPRPipeline, progress: bool = True) -> ReplayResult:
+def replay(bag: str | Path, image_topic: str, pipeline: VPRPipeline, progress: bool = True,
+           camera_info: str | None = "") -> ReplayResult:
+    """Every image of ``image_topic`` through ``pipeline``; CameraInfo from ``camera_info``
+    ("" = the topic beside the images, None = none)."""
     result = ReplayResult()
     with open_bags([bag]) as reader:
         total = sum(c.msgcount for c in image_connections(reader, image_topic))
+        cameras = None
+        if camera_info is not None:
+            cameras = load_camera_track(reader, camera_info or camera_info_topic(image_topic),
+                                        float(pipeline.params["camera_info.max_age_s"]))
         for item in tqdm(iter_images(reader, image_topic), total=total, desc="replay", unit="img",
                          disable=not progress):
             frame = Frame(item.msg, item.stamp_ns, item.frame_id, source=str(bag), topic=image_topic)
+            if cameras is not None:
+                frame.camera, frame.camera_problem = cameras.lookup(item.stamp_ns)
             try:
                 outcome = pipeline.process(frame)
             except ImageError as exc:
@@ -72,9 +81,21 @@ def outcome_dict(outcome: FrameOutcome) -> dict[str, Any]:
                         "match_session": c.match_session, "score": c.score, "hamming": c.hamming,
                         "local_matches": c.local_matches, "rank": c.rank, "status": c.status.name.lower(),
                         "reason": c.reason,
-                        "match_position": list(c.match_pose.position) if c.match_pose else None}
+                        "match_position": list(c.match_pose.position) if c.match_pose else None,
+                        "verification": c.verification.name.lower(), **_geometry_dict(c)}
                        for c in r.candidates],
     }
+
+
+def _geometry_dict(c) -> dict[str, Any]:
+    g = c.geometry
+    if g is None:
+        return {}
+    out: dict[str, Any] = {"inliers": g.inliers, "matches": g.matches}
+    if c.relative_pose is not None:
+        out.update(relative_model=g.model, relative_metric=g.metric, relative_translation=g.translation.tolist(),
+                   relative_quaternion_xyzw=list(g.quaternion()))
+    return out
 
 
 def write_outputs(result: ReplayResult, pipeline: VPRPipeline, json_path: Path | None = None,

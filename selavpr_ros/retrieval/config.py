@@ -13,8 +13,10 @@ from typing import Literal
 from selavpr_ros.config import check
 from selavpr_ros.errors import ConfigError
 
-Stage = Literal["binary", "float", "local"]
-STAGE_ORDER: tuple[Stage, ...] = ("binary", "float", "local")
+Stage = Literal["binary", "float", "local", "geometric"]
+# ``geometric`` is not a retrieval stage: the loop-closure engine and the evaluation verify the
+# retrieved candidates with it (selavpr_ros.geometry); retrievers skip it.
+STAGE_ORDER: tuple[Stage, ...] = ("binary", "float", "local", "geometric")
 # Similarity elements per chunk in local matching: 4 MB in fp32, cache-sized (fastest measured).
 DEFAULT_LOCAL_BUDGET = 1 << 20
 
@@ -23,7 +25,7 @@ def parse_stages(stages: str | Sequence[str], what: str = "retrieval.stages", pi
     """Validated stage list from ``"binary,float"`` or a sequence: known names, no duplicates.
 
     A ``pipeline`` (what a retriever runs) must also keep the order binary, float,
-    local and start with binary or float; otherwise (stages to report on) the
+    local, geometric and start with binary or float; otherwise (stages to report on) the
     names are returned in that order.
     """
     names = [s.strip() for s in stages.split(",")] if isinstance(stages, str) else [str(s).strip() for s in stages]
@@ -41,7 +43,7 @@ def parse_stages(stages: str | Sequence[str], what: str = "retrieval.stages", pi
         raise ConfigError(f"{what} must start with 'binary' or 'float', got {', '.join(names)}")
     ranks = [STAGE_ORDER.index(s) for s in names]
     if ranks != sorted(ranks):
-        raise ConfigError(f"{what} must keep the order binary, float, local; got {', '.join(names)}")
+        raise ConfigError(f"{what} must keep the order {', '.join(STAGE_ORDER)}; got {', '.join(names)}")
     return [STAGE_ORDER[r] for r in ranks]
 
 

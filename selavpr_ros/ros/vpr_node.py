@@ -5,7 +5,7 @@ maps parameters, topics and services onto it. Run with
 ``ros2 launch selavpr_ros vpr.launch.py`` or ``ros2 run selavpr_ros vpr_node``.
 
 Topics are relative names, so namespaces and remapping work as usual:
-``image`` (sensor_msgs/Image or CompressedImage) in, ``loop_closures`` out,
+``image`` (sensor_msgs/Image or CompressedImage) and ``camera_info`` in, ``loop_closures`` out,
 ``odom`` for ``pose_source: odom``; TF comes from tf2_ros where installed,
 else from ``/tf`` and ``/tf_static`` through the package's own TF buffer.
 """
@@ -34,7 +34,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 
 from selavpr_ros.errors import SelaVPRError
@@ -97,6 +97,9 @@ class VPRNode(Node):
 
         msg_type = CompressedImage if params["compressed"] else Image
         self.create_subscription(msg_type, "image", self._on_image, qos_profile_sensor_data)
+        cameras = self.pipeline.cameras
+        self.create_subscription(CameraInfo, "camera_info", lambda m: cameras.add(stamp_ns(m.header), m),
+                                 qos_profile_sensor_data)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.publisher = self.create_publisher(LoopClosureCandidateArray, "loop_closures", reliable)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)

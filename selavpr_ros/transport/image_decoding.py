@@ -150,6 +150,30 @@ def decode_image(msg, max_pixels: int | None = None) -> np.ndarray:
     raise ImageError(f"unknown image encoding {shown(msg.encoding)}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
 
 
+def decode_depth(msg, max_pixels: int | None = None) -> np.ndarray:
+    """Depth ``sensor_msgs/Image`` (REP 118: 16UC1 millimetres or 32FC1 metres) -> (H, W) float32 metres.
+
+    Zero, NaN and infinite readings (no return) become NaN.
+    """
+    check_pixel_budget(int(msg.height), int(msg.width), max_pixels, "depth image")
+    encoding = check_string_field("encoding", msg.encoding).strip().lower()
+    h, w = int(msg.height), int(msg.width)
+    if encoding in ("16uc1", "mono16"):
+        depth = _plane(msg, 1, 2)[:, :, 0].astype(np.float32) / 1000.0
+    elif encoding == "32fc1":
+        if h <= 0 or w <= 0:
+            raise ImageError(f"depth image has zero size ({h}x{w})")
+        data, step = _bytes(msg.data), int(msg.step)
+        if step < 4 * w or len(data) < step * h:
+            raise ImageError(f"depth data has {len(data)} bytes for {h} rows of step {step} ({w} float32 each)")
+        rows = np.frombuffer(data, np.uint8, count=step * h).reshape(h, step)[:, : 4 * w]
+        depth = np.ascontiguousarray(rows).view(">f4" if msg.is_bigendian else "<f4").reshape(h, w).astype(np.float32)
+    else:
+        raise ImageError(f"depth encoding {shown(msg.encoding)} is not 16UC1 (mm) or 32FC1 (m)")
+    depth[~np.isfinite(depth) | (depth <= 0)] = np.nan
+    return depth
+
+
 def decode_compressed(msg, max_pixels: int | None = None) -> np.ndarray:
     """``sensor_msgs/CompressedImage`` (jpeg, png, webp, bmp, tiff) -> (H, W, 3) uint8 RGB.
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 PACKAGE = "selavpr_ros"
 MSG_NAMES = ("LoopClosureCandidate", "LoopClosureCandidateArray")
+LEGACY_MSG_DIR = Path(__file__).resolve().parents[1] / "data" / "msg_v1"  # first-release definitions
 
 
 def msg_dir() -> Path:
@@ -40,16 +41,25 @@ def msg_dir() -> Path:
     raise SelaVPRError(f"message definitions not found (looked in {', '.join(map(str, candidates))})")
 
 
-@functools.lru_cache(maxsize=1)
-def typestore():
-    """rosbags type store: ROS 2 Humble standard messages plus ``selavpr_ros/msg/*``."""
+@functools.lru_cache(maxsize=2)
+def typestore(legacy: bool = False):
+    """rosbags type store: ROS 2 Humble standard messages plus ``selavpr_ros/msg/*``.
+
+    Fields are only ever appended to this package's messages, and rosbag2
+    (sqlite3 since Iron, every mcap) stores each topic's definition, which
+    readers use, so new code reads old bags as they are. ``legacy=True``
+    gives the first-release ``LoopClosureCandidate`` for older bags that
+    carry no definition.
+    """
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     store = get_typestore(Stores.ROS2_HUMBLE)
     types: dict[str, Any] = {}
     for name in MSG_NAMES:
-        text = (msg_dir() / f"{name}.msg").read_text()
-        types.update(get_types_from_msg(text, f"{PACKAGE}/msg/{name}"))
+        path = msg_dir() / f"{name}.msg"
+        if legacy and (LEGACY_MSG_DIR / f"{name}.msg").is_file():
+            path = LEGACY_MSG_DIR / f"{name}.msg"
+        types.update(get_types_from_msg(path.read_text(), f"{PACKAGE}/msg/{name}"))
     store.register(types)
     return store
 

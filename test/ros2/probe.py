@@ -26,7 +26,7 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
@@ -79,6 +79,7 @@ def cmd_stream(args) -> dict:
     reliable = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
     pub = node.create_publisher(CompressedImage if args.compressed else Image, args.image_topic, reliable)
     tf_pub = node.create_publisher(TFMessage, "/tf", QoSProfile(depth=100))
+    info_pub = node.create_publisher(CameraInfo, args.camera_info, reliable) if args.camera_info else None
     static_pub = node.create_publisher(TFMessage, "/tf_static", QoSProfile(
         depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
     got: list = []
@@ -96,6 +97,14 @@ def cmd_stream(args) -> dict:
         if args.tf:
             tf_pub.publish(TFMessage(transforms=[transform("odom", "base_link", t + k * 10**8, i + k / 10)
                                                  for k in range(-5, 6)]))
+        if info_pub is not None:  # nominal pinhole of the frame's size, stamped like the image
+            info = CameraInfo(width=rgb.shape[1], height=rgb.shape[0], distortion_model="plumb_bob")
+            info.header.stamp.sec, info.header.stamp.nanosec = t // 10**9, t % 10**9
+            info.header.frame_id = "cam_optical"
+            f = rgb.shape[1] / 2 / np.tan(np.radians(30))
+            info.k = [f, 0.0, rgb.shape[1] / 2, 0.0, f, rgb.shape[0] / 2, 0.0, 0.0, 1.0]
+            info.d = [0.0] * 5
+            info_pub.publish(info)
         pub.publish(image_msg(rgb, t, "cam_optical", args.compressed))
         stamps.append(t)
         end = time.monotonic() + args.period
@@ -111,6 +120,7 @@ def cmd_stream(args) -> dict:
             "frame_id": a.header.frame_id,
             "candidates": [{"rank": c.rank, "match": c.match_keyframe_id, "query": c.query_keyframe_id,
                             "status": c.status, "score": c.score, "session": c.match_session,
+                            "verification": c.verification, "reason": c.reason,
                             "stamp": c.header.stamp.sec * 10**9 + c.header.stamp.nanosec,
                             "match_stamp": c.match_stamp.sec * 10**9 + c.match_stamp.nanosec}
                            for c in a.candidates],
@@ -195,6 +205,7 @@ def main() -> int:
     s.add_argument("--image-topic", default="/camera/image_raw")
     s.add_argument("--candidates-topic", default="/loop_closures")
     s.add_argument("--compressed", action="store_true")
+    s.add_argument("--camera-info", help="also publish a CameraInfo per frame on this topic")
     s.add_argument("--n", type=int, default=8)
     s.add_argument("--start", type=int, default=30)
     s.add_argument("--period", type=float, default=0.5)
