@@ -188,6 +188,13 @@ def estimate_relative_pose(
             return _accept(rotation, n, cfg)
     _, r, t, mask_pose = cv2.recoverPose(e, mn, qn, np.eye(3), mask=mask_e.copy())
     inliers = mask_pose.ravel() > 0
+    essential_inliers = mask_e.ravel() > 0
+    if essential_inliers.sum() >= cfg.min_inliers:
+        # Without parallax t, and with it E's rotation, is undetermined: when a rotation alone explains
+        # (nearly) all of E's inliers, it is the model (the simpler of two that fit).
+        rotation = _rotation_model(r, mn[essential_inliers], qn[essential_inliers], query_cam, cfg)
+        if rotation.valid and rotation.inliers >= cfg.rotation_only_ratio * essential_inliers.sum():
+            return _accept(rotation, n, cfg)
     return _accept(_essential(r, t.ravel(), qn[inliers], mn[inliers], query_cam), n, cfg)
 
 
@@ -213,29 +220,39 @@ def _rotation_from_homography(h, mn, qn, mask, cam, cfg) -> RelativePose | None:
     u, s, vt = np.linalg.svd(h)
     if s[0] / s[2] > 1.0 + cfg.max_anisotropy:
         return None  # the scene shows parallax (a plane seen while translating): not a rotation
-    r = u @ np.diag([1, 1, np.linalg.det(u @ vt)]) @ vt
-    mi, qi = mn[mask], qn[mask]
+    return _rotation_model(u @ np.diag([1, 1, np.linalg.det(u @ vt)]) @ vt, mn[mask], qn[mask], cam, cfg)
 
-    def residual_at(base: np.ndarray):
+
+def _rotation_model(r: np.ndarray, mi: np.ndarray, qi: np.ndarray, cam: CameraModel,
+                    cfg: VerificationConfig) -> RelativePose:
+    """The rotation that best maps the match rays onto the query rays (translation unknown)."""
+
+    def residual_at(base: np.ndarray, m: np.ndarray, q: np.ndarray):
         def residual(w: np.ndarray) -> np.ndarray:
-            p = (_rodrigues(w) @ base @ np.column_stack([mi, np.ones(len(mi))]).T).T
-            return ((p[:, :2] / p[:, 2:3] - qi) * cam.focal).ravel()
+            p = (_rodrigues(w) @ base @ np.column_stack([m, np.ones(len(m))]).T).T
+            return ((p[:, :2] / p[:, 2:3] - q) * cam.focal).ravel()
         return residual
 
-    for _ in range(3):  # Gauss-Newton on the transfer errors
-        residual = residual_at(r)
-        r0 = residual(np.zeros(3))
-        step = np.linalg.lstsq(_jacobian(residual, np.zeros(3), len(r0)), -r0, rcond=None)[0]
-        r = _rodrigues(step) @ r
-    residual = residual_at(r)
-    err = np.linalg.norm(residual(np.zeros(3)).reshape(-1, 2), axis=1)
-    cov3 = _covariance(residual, np.zeros(3), 2 * len(mi))
+    def errors(base: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(residual_at(base, mi, qi)(np.zeros(3)).reshape(-1, 2), axis=1)
+
+    keep = np.ones(len(mi), bool)
+    for _ in range(2):  # Gauss-Newton on the transfer errors, then again on the points it explains
+        for _ in range(3):
+            residual = residual_at(r, mi[keep], qi[keep])
+            r0 = residual(np.zeros(3))
+            step = np.linalg.lstsq(_jacobian(residual, np.zeros(3), len(r0)), -r0, rcond=None)[0]
+            r = _rodrigues(step) @ r
+        keep = errors(r) <= cfg.ransac_threshold_px
+        if keep.sum() < 3:
+            return RelativePose(False, "no rotation explains the matches", model="rotation")
+    err = errors(r)[keep]
+    cov3 = _covariance(residual_at(r, mi[keep], qi[keep]), np.zeros(3), 2 * int(keep.sum()))
     cov = np.eye(6) * UNOBSERVED_VARIANCE
     if cov3 is not None:
         cov[3:, 3:] = cov3
-    keep = err <= cfg.ransac_threshold_px
     return RelativePose(True, "", inliers=int(keep.sum()), model="rotation", rotation=r, translation=np.zeros(3),
-                        metric=False, covariance=_sym_pd(cov), rms_px=float(np.sqrt(np.mean(err[keep] ** 2))))
+                        metric=False, covariance=_sym_pd(cov), rms_px=float(np.sqrt(np.mean(err**2))))
 
 
 def _jacobian(residual, x0: np.ndarray, n_res: int) -> np.ndarray:
