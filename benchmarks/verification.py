@@ -122,15 +122,11 @@ def main() -> None:
             report, extras = run_eval(extractor, views.eval_set, detector, tmp_path / f"views_{detector}")
             new = rows_of("rotated views", report, detector)
             rows += new if detector == "orb" else new[2:]  # the retrieval stages do not depend on keypoints
-            errors = [rotation_angle_deg(claim[1].rotation, views.rotations[q])
-                      for q, claim in enumerate(extras["geometry_claims"])
-                      if claim is not None and views.rotations[q] is not None
-                      and claim[0] in views.eval_set.positives[q]]
             false = sum(1 for q, claim in enumerate(extras["geometry_claims"])
                         if claim is not None and claim[0] not in views.eval_set.positives[q])
-            rotation_errors[detector] = {"accepted_correct": len(errors), "accepted_false": false,
-                                         "median_deg": float(np.median(errors)) if errors else None,
-                                         "max_deg": float(np.max(errors)) if errors else None}
+            errors = report.geometry["pose_errors"]["rotation_deg"]
+            rotation_errors[detector] = {"accepted_correct": errors["n"], "accepted_false": false,
+                                         "median_deg": errors["median"], "max_deg": errors["max"]}
             print(table(rows[-3:], COLUMNS), rotation_errors[detector], flush=True)
     result = {"rows": rows, "rotated_views_rotation_error": rotation_errors, "stereo": stereo(),
               "model": extractor.model_id, "candidates_per_query": 5,

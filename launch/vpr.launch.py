@@ -27,6 +27,7 @@ ARGUMENTS = {
                         "with compressed:=true)"),
     "camera_info_topic": ("", "sensor_msgs/CameraInfo topic, remapped onto 'camera_info' (geometric stage); "
                               "empty = camera_info beside image_topic (/cam/image_raw -> /cam/camera_info)"),
+    "depth_topic": ("", "registered depth image (16UC1 mm / 32FC1 m), remapped onto 'depth'; sets depth:=true"),
     "compressed": ("", "true to subscribe to sensor_msgs/CompressedImage"),
     "map": ("", "map directory (created in mapping mode)"),
     "checkpoint": ("", "model checkpoint (.ckpt) or ONNX file; empty = built-in demo model"),
@@ -36,7 +37,7 @@ ARGUMENTS = {
     "namespace": ("", "namespace of the node and its relative topics"),
 }
 PARAMETER_OF = {"map": "map_path"}
-NOT_PARAMETERS = ("namespace", "image_topic", "camera_info_topic")
+NOT_PARAMETERS = ("namespace", "image_topic", "camera_info_topic", "depth_topic")
 
 
 def _overrides(context) -> dict:
@@ -63,13 +64,15 @@ def _node(context, *_):
     image_topic = LaunchConfiguration("image_topic").perform(context)
     info_topic = LaunchConfiguration("camera_info_topic").perform(context) or \
         (camera_info_topic(image_topic) if image_topic else "")
-    remaps = [(name, topic) for name, topic in (("image", image_topic), ("camera_info", info_topic)) if topic]
+    depth_topic = LaunchConfiguration("depth_topic").perform(context)
+    remaps = [(name, topic) for name, topic in (("image", image_topic), ("camera_info", info_topic),
+                                                ("depth", depth_topic)) if topic]
     return [Node(
         package="selavpr_ros",
         executable="vpr_node",
         name="vpr_node",
         namespace=LaunchConfiguration("namespace").perform(context),
-        parameters=[params_file, _overrides(context)],
+        parameters=[params_file, {**_overrides(context), **({"depth": True} if depth_topic else {})}],
         remappings=remaps,
         output="screen",
         emulate_tty=True,

@@ -204,15 +204,19 @@ def test_node_verifies_loops_with_camera_info_over_dds(tmp_path):
     turned = [np.asarray(Image.open(ev.queries[i]).convert("RGB")) for i in picks]
     domain = random.randint(1, 200)
     proc = _start_node(tmp_path, domain, "loop_closure.retrieval.stages:=binary,float,geometric",
-                       "loop_closure.min_score:=-1.0", "camera_info.max_age_s:=0.5", remap="image:=/cam/image_raw")
+                       "loop_closure.min_score:=-1.0", "camera_info.max_age_s:=0.5", "depth:=true",
+                       "loop_closure.top_n:=9",  # every tile is verified: retrieval alone misses some
+                       remap="image:=/cam/image_raw")
     dp = DomainParticipant(domain)
     info_type = "sensor_msgs/msg/CameraInfo"
     images = DataWriter(dp, Topic(dp, "rt/cam/image_raw", dds_type("sensor_msgs/msg/Image")), reliable_qos(50))
     infos = DataWriter(dp, Topic(dp, "rt/robot1/camera_info", dds_type(info_type)), reliable_qos(50))
     reader = DataReader(dp, Topic(dp, "rt/robot1/loop_closures", dds_type(CANDIDATES)), reliable_qos(200))
+    depths = DataWriter(dp, Topic(dp, "rt/robot1/depth", dds_type("sensor_msgs/msg/Image")), reliable_qos(50))
+    flat = np.full((168, 224), 2.0, "<f4")  # the first tile is a wall 2 m away
     got = []
     try:
-        for entity in (images, infos, reader):
+        for entity in (images, infos, reader, depths):
             _wait_matched(entity, "endpoint", proc)
         stream = [(1, tiles[0])] + [(10 + i, t) for i, t in enumerate(tiles)] + \
             [(100 + i, q) for i, q in enumerate(turned)]  # the first image has no CameraInfo yet
@@ -221,6 +225,11 @@ def test_node_verifies_loops_with_camera_info_over_dds(tmp_path):
             if n:
                 infos.write(to_dds(message(info_type, header=header,
                                            **camera_info_fields(views.camera, "cam_optical")), info_type))
+                if sec == 10:
+                    depths.write(to_dds(message("sensor_msgs/msg/Image", header=header, height=168, width=224,
+                                                encoding="32FC1", step=224 * 4,
+                                                data=np.frombuffer(flat.tobytes(), np.uint8)),
+                                        "sensor_msgs/msg/Image"))
                 time.sleep(0.05)
             images.write(to_dds(message("sensor_msgs/msg/Image", header=header, **encode_image(rgb)),
                                 "sensor_msgs/msg/Image"))
@@ -235,8 +244,12 @@ def test_node_verifies_loops_with_camera_info_over_dds(tmp_path):
     assert len(revisits) == len(turned)
     verified = [(g.header.stamp.sec - 100, c) for g in revisits for c in g.candidates if c.verification == 1]
     assert len(verified) >= len(turned) // 2
-    assert all(c.match_keyframe_id == 1 + i and c.has_relative_pose and c.relative_pose_model == "rotation"
-               for i, c in verified)  # keyframe 0 is the frame without CameraInfo
+    assert all(c.match_keyframe_id == 1 + i and c.has_relative_pose for i, c in verified)  # keyframe 0: no CameraInfo
+    assert all(c.relative_pose_model == "rotation" and not c.relative_pose_metric for i, c in verified if i)
+    first = [c for i, c in verified if i == 0]  # keyframe 1 was mapped with its depth image: metric
+    assert first and first[0].relative_pose_model == "pnp" and first[0].relative_pose_metric
+    p = first[0].relative_pose.pose.position
+    assert np.hypot(np.hypot(p.x, p.y), p.z) < 0.05  # the camera only turned
     assert all(c.status in (0, 4) for g in revisits for c in g.candidates if c.verification in (1, 2))
     assert len(got) == len(stream) and got[0].header.stamp.sec == 1 and not got[0].candidates
     from selavpr_ros.mapdb.database import MapDatabase

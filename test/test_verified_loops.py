@@ -238,3 +238,81 @@ def test_depth_topic_gives_metric_loop_closures(tmp_path):
     with pytest.raises(Exception, match="no topic '/cam/nodepth'"):
         build_map([tmp_path / "left"], "/cam/image_raw", tmp_path / "map2", extractor, depth_topic="/cam/nodepth",
                   progress=False)
+
+
+def test_eval_on_maps_reports_relative_pose_errors(tmp_path):
+    """The map layout brings poses and stored cameras: eval scores the verified relative poses against
+    them (Middlebury stereo: the right camera 193 mm to the right of the left one)."""
+    import skimage.data
+
+    from selavpr_ros.evaluation.evaluate import evaluate, load_eval_set
+    from selavpr_ros.inference.loader import open_extractor
+    from selavpr_ros.loop_closure.config import KeyframeGateConfig
+    from selavpr_ros.models.zoo import builtin_checkpoint
+    from selavpr_ros.offline.build_map import build_map
+    from selavpr_ros.types import Pose
+
+    focal, cx, cy, doffs, baseline = 994.978, 311.193, 254.877, 31.086, 0.193001
+    left, right, _ = skimage.data.stereo_motorcycle()
+    extractor = open_extractor(builtin_checkpoint(), device="cpu")
+    for name, rgb, cam, x in (("left", left, CameraModel(741, 500, (focal, focal, cx, cy)), 0.0),
+                              ("right", right, CameraModel(741, 500, (focal, focal, cx + doffs, cy)), baseline)):
+        bag = write_image_bag(tmp_path / f"{name}_bag", [rgb], [T_MAP], poses=[Pose((x, 0.0, 0.0))], camera=cam,
+                              frame_id="cam_optical")
+        build_map([bag], "/camera/image_raw", tmp_path / name, extractor, pose_topic="/odom", save_images=True,
+                  gate=KeyframeGateConfig(min_interval_s=0.0), progress=False)
+    ev = load_eval_set(tmp_path / "left", "map", query_map=tmp_path / "right", cache_dir=tmp_path / "gt")
+    assert ev.pose_axes == "optical" and ev.query_cameras[0].k[2] == pytest.approx(cx + doffs)
+    report, _ = evaluate(extractor, ev, ["float", "geometric"], progress=False, work_dir=tmp_path / "w")
+    errors = report.geometry["pose_errors"]
+    assert errors["rotation_deg"]["n"] == 1 and errors["rotation_deg"]["max"] < 0.5
+    assert errors["direction_deg"]["max"] < 2.0  # essential matrix: the baseline's direction (measured 0.5 deg)
+
+
+def test_live_depth_gives_metric_loops_in_mapping_mode(tmp_path):
+    """The node's depth subscription (parameter depth): a keyframe mapped with its depth image is later
+    revisited by the other stereo camera, and the loop closure is metric; a broken depth image is
+    counted and the frame still maps."""
+    import skimage.data
+
+    from selavpr_ros.bags.writer import camera_info_fields
+    from selavpr_ros.inference.loader import open_extractor
+    from selavpr_ros.models.zoo import builtin_checkpoint
+    from selavpr_ros.node.params import validate
+    from selavpr_ros.node.pipeline import Frame, VPRPipeline
+    from selavpr_ros.transport.image_decoding import encode_image
+    from selavpr_ros.transport.msgtypes import message
+
+    focal, cx, cy, doffs, baseline = 994.978, 311.193, 254.877, 31.086, 0.193001
+    left, right, disparity = skimage.data.stereo_motorcycle()
+    depth = (baseline * focal / (disparity + doffs)).astype("<f4")
+    depth_mm = np.nan_to_num(depth * 1000, nan=0, posinf=0).astype("<u2")
+
+    def header(t):
+        return {"stamp": {"sec": t // 10**9, "nanosec": t % 10**9}, "frame_id": "cam_optical"}
+
+    params = validate({"map_path": str(tmp_path / "map"), "device": "cpu", "depth": True,
+                       "loop_closure.retrieval.stages": "binary,float,geometric", "loop_closure.min_score": -1.0,
+                       "loop_closure.consistency.n": 1, "loop_closure.keyframe.min_interval_s": 0.0})
+    pipe = VPRPipeline(params, extractor=open_extractor(builtin_checkpoint(), device="cpu"))
+    try:
+        for t, rgb, cam_cx, depth_msg in (
+                (10**9, left, cx, message("sensor_msgs/msg/Image", header=header(10**9), height=500, width=741,
+                                          encoding="16UC1", step=741 * 2,
+                                          data=np.frombuffer(depth_mm.tobytes(), np.uint8))),
+                (2 * 10**9, left, cx, message("sensor_msgs/msg/Image", header=header(2 * 10**9), height=2, width=2,
+                                              encoding="16UC1", step=4, data=np.zeros(8, np.uint8))),
+                (100 * 10**9, right, cx + doffs, None)):
+            cam = CameraModel(741, 500, (focal, focal, cam_cx, cy))
+            pipe.cameras.add(t, message("sensor_msgs/msg/CameraInfo", header=header(t),
+                                        **camera_info_fields(cam, "cam_optical")))
+            if depth_msg is not None:
+                pipe.depths.add(t, depth_msg)
+            outcome = pipe.process(Frame(message("sensor_msgs/msg/Image", header=header(t), **encode_image(rgb)),
+                                         t, "cam_optical"))
+        assert pipe.depths.received == 2 and pipe.depths.errors == 1 and "not registered" in pipe.depths.last_error
+        metric = [c for c in outcome.result.accepted if c.relative_pose is not None and c.relative_pose.metric]
+        assert [c.match_keyframe_id for c in metric] == [0]  # the keyframe with depth; keyframe 1 has none
+        assert metric[0].relative_pose.translation == pytest.approx([-baseline, 0, 0], abs=0.01)
+    finally:
+        pipe.close()

@@ -1,7 +1,9 @@
 """What training and evaluation need from a dataset, whatever its layout.
 
 * :class:`EvalSet` — database images, query images, and per query the
-  database indices that count as correct (the ground truth);
+  database indices that count as correct (the ground truth); optionally
+  each image's camera pose and calibration, for the errors of verified
+  relative poses;
 * :class:`PlaceSet` — training images grouped into places, sampled as P
   places x K images with places far enough apart to be true negatives;
 * :class:`PoseSet` — training images with 2-D poses, for graded similarity
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from selavpr_ros.errors import DatasetError
+from selavpr_ros.types import CameraModel, Pose
 
 
 @dataclass
@@ -25,6 +28,14 @@ class EvalSet:
     queries: list[Path]
     positives: list[np.ndarray]  # per query: indices into ``database`` that are correct matches
     threshold: str = ""  # how positives were decided, for reports ("25 m", "+-2 frames")
+    # Camera poses in one world frame (for relative-pose errors) and calibrations, per image; None: unknown.
+    database_poses: list[Pose | None] | None = None
+    query_poses: list[Pose | None] | None = None
+    database_cameras: list[CameraModel | None] | None = None
+    query_cameras: list[CameraModel | None] | None = None
+    # The poses' axes: "optical" (REP 103 camera optical frame: z forward) or "body" (x forward, y left, z up:
+    # the camera link, or a base frame with a forward-looking camera on it).
+    pose_axes: str = "optical"
 
     def __post_init__(self) -> None:
         if not self.database or not self.queries:

@@ -14,12 +14,19 @@ from selavpr_ros.datasets.base import EvalSet, PlaceSet, PoseSet
 from selavpr_ros.datasets.utm import within
 from selavpr_ros.errors import DatasetError
 from selavpr_ros.mapdb.database import MapDatabase
+from selavpr_ros.types import KeyframeRecord
 
 
 def _posed_images(map_dir: str | Path) -> tuple[list[Path], np.ndarray]:
+    images, poses, _ = _posed_records(map_dir)
+    return images, poses
+
+
+def _posed_records(map_dir: str | Path) -> tuple[list[Path], np.ndarray, list[KeyframeRecord]]:
+    """Image paths, (x, y, yaw) and the records of the keyframes with a pose and an image."""
     with MapDatabase.open(map_dir) as db:
         records = list(db.iterate())
-    images, poses, skipped = [], [], 0
+    images, poses, kept, skipped = [], [], [], 0
     for r in records:
         if r.pose is None or not r.image_ref:
             skipped += 1
@@ -30,11 +37,12 @@ def _posed_images(map_dir: str | Path) -> tuple[list[Path], np.ndarray]:
         if not path.is_file():
             raise DatasetError(f"{map_dir}: keyframe {r.keyframe_id} refers to missing image {path}")
         images.append(path)
+        kept.append(r)
         poses.append((r.pose.position[0], r.pose.position[1], r.pose.yaw()))
     if not images:
         raise DatasetError(f"{map_dir}: no keyframe has both a pose and an image file "
                            f"({skipped} without); build the map with --pose-topic and --save-images")
-    return images, np.asarray(poses)
+    return images, np.asarray(poses), kept
 
 
 def load_map_poses(map_dir: str | Path) -> PoseSet:
@@ -51,9 +59,17 @@ def load_map_places(map_dir: str | Path, radius: float = 10.0) -> PlaceSet:
 
 
 def load_map_eval(map_dir: str | Path, query_map_dir: str | Path, radius: float = 25.0) -> EvalSet:
-    """Queries from one map (e.g. a second bag) against another; correct within ``radius`` metres."""
-    db_images, db_poses = _posed_images(map_dir)
-    q_images, q_poses = _posed_images(query_map_dir)
+    """Queries from one map (e.g. a second bag) against another; correct within ``radius`` metres.
+
+    The keyframes' poses and stored camera models come along, for the errors of verified relative
+    poses; poses of frames named ``*optical*`` are taken as optical frames, others as body-convention
+    frames of a forward-looking camera (REP 103).
+    """
+    db_images, db_poses, db_records = _posed_records(map_dir)
+    q_images, q_poses, q_records = _posed_records(query_map_dir)
     positives = within(q_poses[:, :2], db_poses[:, :2], radius)
+    records = db_records + q_records
+    axes = "optical" if all("optical" in r.frame_id for r in records) else "body"
     return EvalSet(f"{Path(query_map_dir).name}->{Path(map_dir).name}", db_images, q_images, positives,
-                   f"{radius:g} m")
+                   f"{radius:g} m", [r.pose for r in db_records], [r.pose for r in q_records],
+                   [r.camera for r in db_records], [r.camera for r in q_records], axes)

@@ -20,7 +20,8 @@ import numpy as np
 
 from selavpr_ros.datasets.base import EvalSet
 from selavpr_ros.errors import DatasetError
-from selavpr_ros.geometry.camera import CameraModel
+from selavpr_ros.geometry.estimation import rotation_to_quaternion
+from selavpr_ros.types import CameraModel, Pose
 
 # Bundled with scikit-image (no download): natural photographs and real textures.
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "camera", "brick", "grass",
@@ -112,5 +113,11 @@ def write_rotated_views(out: str | Path, tile: tuple[int, int] = (224, 168), gap
                 Image.fromarray(query).save(queries[-1])
                 positives.append(np.array([len(database) - 1] if mapped else [], np.int64))
                 rotations.append(rotation if mapped else None)
-    ev = EvalSet("rotated-views", database, queries, positives, "same tile (known rotation)")
+    # Camera poses: every mapped tile seen from the origin looking along z; a query camera turned by R
+    # (X_query = R X_tile) has orientation R^T in that frame.
+    database_poses: list[Pose | None] = [Pose((0.0, 0.0, 0.0)) for _ in database]
+    query_poses: list[Pose | None] = [None if r is None else Pose((0.0, 0.0, 0.0), rotation_to_quaternion(r.T))
+                                      for r in rotations]
+    ev = EvalSet("rotated-views", database, queries, positives, "same tile (known rotation)", database_poses,
+                 query_poses, [camera] * len(database), [camera] * len(queries), "optical")
     return RotatedViews(ev, rotations, camera)

@@ -32,13 +32,13 @@ from selavpr_ros.datasets.utm import load_utm_eval
 from selavpr_ros.errors import DatasetError
 from selavpr_ros.evaluation.precision_recall import pr_curve
 from selavpr_ros.evaluation.recall import recall_at
-from selavpr_ros.geometry.estimation import RelativePose, VerificationConfig
+from selavpr_ros.geometry.estimation import RelativePose, VerificationConfig, pose_errors, relative_from_poses
 from selavpr_ros.inference.base import Extractor
 from selavpr_ros.mapdb.database import MapDatabase
 from selavpr_ros.retrieval.config import STAGE_ORDER, RetrievalConfig, Stage
 from selavpr_ros.retrieval.retriever import Retriever
 from selavpr_ros.retrieval.verification import QueryView, Verifier, grid_pixels
-from selavpr_ros.types import Descriptors, KeyframeRecord
+from selavpr_ros.types import CameraModel, Descriptors, KeyframeRecord
 
 LAYOUTS = ("utm", "sequence", "precomputed", "map")
 
@@ -128,7 +128,7 @@ def load_eval_set(root: str | Path, layout: str = "auto", threshold: str | None 
     cache_dir = cache_dir or Path(os.environ.get("SELAVPR_CACHE", Path.home() / ".cache" / "selavpr_ros")) / "gt"
     key = _gt_cache_key(root, layout, thr, {"split": split, "folders": folders, "query_map": str(query_map)})
     cached = cache_dir / f"{key}.json"
-    if cached.is_file():
+    if cached.is_file() and layout != "map":  # maps carry poses and cameras, and are cheap to read again
         data = json.loads(cached.read_text())
         return EvalSet(data["name"], [Path(p) for p in data["database"]], [Path(p) for p in data["queries"]],
                        [np.asarray(p, np.int64) for p in data["positives"]], data["threshold"])
@@ -210,7 +210,7 @@ def evaluate(extractor: Extractor, ev: EvalSet, stages: Sequence[Stage], ns: tup
     work = Path(work_dir or tempfile.mkdtemp(prefix="selavpr_eval_"))
     db = MapDatabase.create(work / "map", layout, extractor.model_id)
     geo = geometry or VerificationConfig()
-    db_views = _views(ev.database, geo, hfov_deg, progress) if verify else None
+    db_views = _views(ev.database, geo, hfov_deg, progress, ev.database_cameras) if verify else None
     db.add(db_desc, [KeyframeRecord(stamp_ns=i, image_ref=str(p), camera=db_views[i].camera if db_views else None)
                      for i, p in enumerate(ev.database)], "database",
            keypoints=[v.keypoints for v in db_views] if db_views else None)
@@ -264,18 +264,19 @@ def _claims_pr(confidence: Sequence[float], claims: np.ndarray, positives: Seque
     return pr_curve(np.asarray(confidence, np.float64), correct, has_match).to_dict()
 
 
-def _views(paths: Sequence[Path], config: VerificationConfig, hfov_deg: float, progress: bool) -> list[QueryView]:
-    """Nominal camera and keypoints of each image (the geometric stage's input)."""
+def _views(paths: Sequence[Path], config: VerificationConfig, hfov_deg: float, progress: bool,
+           cameras: Sequence[CameraModel | None] | None = None) -> list[QueryView]:
+    """Camera (the dataset's, else a nominal pinhole) and keypoints of each image (the geometric stage's input)."""
     from tqdm import tqdm
 
-    from selavpr_ros.geometry.camera import CameraModel
     from selavpr_ros.geometry.features import detect
     from selavpr_ros.inference.preprocess import load_image
 
     views = []
-    for path in tqdm(paths, desc="keypoints", unit="img", disable=not progress):
+    for i, path in enumerate(tqdm(paths, desc="keypoints", unit="img", disable=not progress)):
         rgb = load_image(path)
-        camera = CameraModel.nominal(rgb.shape[1], rgb.shape[0], hfov_deg)
+        camera = cameras[i] if cameras is not None and cameras[i] is not None else None
+        camera = camera or CameraModel.nominal(rgb.shape[1], rgb.shape[0], hfov_deg)
         views.append(QueryView(camera, detect(rgb, config.keypoints)))
     return views
 
@@ -291,7 +292,7 @@ def _verify_all(db: MapDatabase, extractor: Extractor, ev: EvalSet, q_desc: Desc
     """
     verifier = Verifier(db, config, extractor.preprocess)
     t0 = time.perf_counter()
-    views = _views(ev.queries, config, hfov_deg, progress)
+    views = _views(ev.queries, config, hfov_deg, progress, ev.query_cameras)
     keypoint_ms = (time.perf_counter() - t0) * 1000 / max(len(views), 1)
     pred = np.full((len(cands), width), -1, np.int64)
     confidence = np.full(len(cands), np.nan)
@@ -328,8 +329,28 @@ def _verify_all(db: MapDatabase, extractor: Extractor, ev: EvalSet, q_desc: Desc
                "ms_per_candidate": float(np.median(times)) / max(geometric_k, 1) if times else 0.0,
                "keypoint_ms_per_image": keypoint_ms,
                "keypoint_bytes_per_keyframe": stats["keypoint_bytes_per_keyframe"],
-               "rejections": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:8])}
+               "rejections": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:8]),
+               "pose_errors": _pose_errors(ev, claims)}
     return pred, confidence, summary, summary["ms_per_query"], claims
+
+
+def _pose_errors(ev: EvalSet, claims: list[tuple[int, RelativePose] | None]) -> dict[str, Any]:
+    """Errors of the verified relative poses of correct claims against the dataset's camera poses."""
+    if ev.query_poses is None or ev.database_poses is None:
+        return {}
+    found: dict[str, list[float]] = {"rotation_deg": [], "direction_deg": [], "translation_m": []}
+    for q, claim in enumerate(claims):
+        if claim is None or claim[0] not in ev.positives[q]:
+            continue
+        query, match = ev.query_poses[q], ev.database_poses[claim[0]]
+        if query is None or match is None:
+            continue
+        rotation, translation = relative_from_poses(query, match, ev.pose_axes)
+        for key, value in pose_errors(claim[1], rotation, translation).items():
+            if value is not None:
+                found[key].append(value)
+    return {key: {"n": len(v), "median": float(np.median(v)), "p90": float(np.percentile(v, 90)),
+                  "max": float(np.max(v))} for key, v in found.items() if v}
 
 
 def _latency_vs_size(db: MapDatabase, queries: Descriptors, stages: Sequence[Stage], k: int) -> list[dict[str, Any]]:
@@ -418,6 +439,11 @@ def markdown(r: EvalReport) -> str:
                   f"keyframe, {g['keypoint_ms_per_image']:.1f} ms per image), {g['candidates_per_query']} candidates "
                   f"per query verified in {g['ms_per_query']:.1f} ms ({g['ms_per_candidate']:.1f} ms each); "
                   f"{g['queries_with_a_verified_candidate']} of {r.queries} queries have a verified candidate."]
+        names = {"rotation_deg": "rotation error (deg)", "direction_deg": "translation direction error (deg)",
+                 "translation_m": "translation error (m)"}
+        for key, e in g.get("pose_errors", {}).items():
+            lines.append(f"Correct verified closures ({e['n']}), {names[key]}: median {e['median']:.3g}, "
+                         f"90 % {e['p90']:.3g}, max {e['max']:.3g}.")
     lines += ["", f"Extraction: {r.extraction_images_per_s:.1f} images/s. Bytes per map entry: "
               + ", ".join(f"{k} {v}" for k, v in r.bytes_per_entry.items())
               + f" (total {sum(r.bytes_per_entry.values())}).", ""]

@@ -22,7 +22,7 @@ variance :data:`UNOBSERVED_VARIANCE`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -100,6 +100,45 @@ def rotation_to_quaternion(r: np.ndarray) -> tuple[float, float, float, float]:
     axis = rvec / angle if angle > 1e-12 else np.zeros(3)
     s = np.sin(angle / 2)
     return float(axis[0] * s), float(axis[1] * s), float(axis[2] * s), float(np.cos(angle / 2))
+
+
+# REP 103: vectors of a body-convention frame (x forward, y left, z up) in its optical frame (x right, y down,
+# z forward).
+BODY_TO_OPTICAL = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+
+
+def quaternion_to_rotation(q: tuple[float, float, float, float]) -> np.ndarray:
+    """Rotation matrix of a unit quaternion (x, y, z, w)."""
+    x, y, z, w = np.asarray(q, np.float64) / max(float(np.linalg.norm(q)), 1e-12)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def relative_from_poses(query: Any, match: Any, axes: str = "optical") -> tuple[np.ndarray, np.ndarray]:
+    """True ``(R, t)`` of the match camera in the query camera's optical frame (``X_q = R X_m + t``)
+    from two :class:`~selavpr_ros.types.Pose` in one world frame; ``axes`` says whether the poses are
+    of optical frames or of body-convention frames (converted with :data:`BODY_TO_OPTICAL`)."""
+    r_q, r_m = quaternion_to_rotation(query.orientation), quaternion_to_rotation(match.orientation)
+    r = r_q.T @ r_m
+    t = r_q.T @ (np.asarray(match.position, np.float64) - np.asarray(query.position, np.float64))
+    if axes == "body":
+        r, t = BODY_TO_OPTICAL @ r @ BODY_TO_OPTICAL.T, BODY_TO_OPTICAL @ t
+    return r, t
+
+
+def pose_errors(estimate: RelativePose, rotation: np.ndarray, translation: np.ndarray) -> dict[str, float | None]:
+    """Rotation error (deg); translation direction error (deg) and, for metric estimates, translation
+    error (m). Translations are not compared for the rotation model, nor directions of a zero motion."""
+    out: dict[str, float | None] = {"rotation_deg": rotation_angle_deg(estimate.rotation, rotation),
+                                    "direction_deg": None, "translation_m": None}
+    norm = float(np.linalg.norm(translation))
+    if estimate.model != "rotation" and norm > 1e-9:
+        cos = float(estimate.translation @ translation) / max(float(np.linalg.norm(estimate.translation)) * norm, 1e-12)
+        out["direction_deg"] = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+    if estimate.metric:
+        out["translation_m"] = float(np.linalg.norm(estimate.translation - translation))
+    return out
 
 
 def rotation_angle_deg(a: np.ndarray, b: np.ndarray) -> float:

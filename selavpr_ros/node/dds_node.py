@@ -10,7 +10,7 @@ its own. Discovery follows ``ROS_AUTOMATIC_DISCOVERY_RANGE`` /
 ``ROS_LOCALHOST_ONLY`` as rmw_cyclonedds does.
 
 Topic names are those of the rclpy node, relative so that namespaces and
-remapping work: ``image`` and ``camera_info`` in, ``loop_closures`` out, ``odom`` for
+remapping work: ``image``, ``camera_info`` (and ``depth``) in, ``loop_closures`` out, ``odom`` for
 ``pose_source: odom``, ``/tf`` and ``/tf_static`` for ``pose_source: tf``.
 
 Services (save map, set mode, reset) need the ROS 2 request/reply
@@ -146,6 +146,10 @@ class DDSNode:
             self._side_readers.append(reader("odom", ODOMETRY, reliable_qos(100),
                                              lambda r: self._take(r, odometry.add)))
         pipeline.pose_lookup = pose_lookup(p, self.transforms, self.odometry)
+        if p["depth"]:
+            depths = pipeline.depths
+            self._side_readers.append(reader("depth", IMAGE, sensor_qos(),
+                                             lambda r: self._take(r, lambda m: depths.add(stamp_ns(m.header), m))))
         cameras = pipeline.cameras
         self._side_readers.append(reader("camera_info", CAMERA_INFO, sensor_qos(),
                                          lambda r: self._take(r, lambda m: cameras.add(stamp_ns(m.header), m))))

@@ -106,6 +106,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               "or sift (132 B each, slower, more robust)", choices=("orb", "sift"), read_only=True),
     ParamSpec("loop_closure.geometry.keypoints.max_keypoints", 1000, "Keypoints per keyframe", 16, 8192,
               read_only=True),
+    ParamSpec("depth", False, "Subscribe to a depth image registered to the camera on the 'depth' topic (REP 118: "
+              "16UC1 mm or 32FC1 m, stamped like the images): new keyframes' keypoints get depth, so verified loops "
+              "against them carry a metric 6-DoF pose (PnP)", read_only=True),
     ParamSpec("camera_info.max_age_s", 1.0, "Use the newest CameraInfo up to this far from the image stamp when "
               "none has the image's exact stamp (s)", 0.0, 3600.0),
 )

@@ -6,6 +6,7 @@ demo all drive this class, so everything the robot runs is exercised here.
 
 from __future__ import annotations
 
+import collections
 import re
 import threading
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from selavpr_ros.errors import CameraError, MapError, StampError
+from selavpr_ros.errors import CameraError, ImageError, MapError, StampError
 from selavpr_ros.geometry.camera import CameraModel, CameraTrack
 from selavpr_ros.geometry.features import detect
 from selavpr_ros.inference.base import Extractor
@@ -27,10 +28,43 @@ from selavpr_ros.mapdb.database import DB_NAME, MapDatabase
 from selavpr_ros.models.zoo import resolve_checkpoint
 from selavpr_ros.node.params import loop_closure_config
 from selavpr_ros.retrieval.verification import QueryView
-from selavpr_ros.transport.image_decoding import check_string_field, decode_any, shown
+from selavpr_ros.transport.image_decoding import check_string_field, decode_any, decode_depth, shown
 from selavpr_ros.types import KeyframeRecord, Pose, header_fields, ns_to_stamp
 
 SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+class DepthBuffer:
+    """The newest depth messages by stamp (a registered depth image carries its colour image's stamp);
+    decoded only when a frame takes one, in the worker thread."""
+
+    def __init__(self, capacity: int = 30) -> None:
+        self._messages: collections.OrderedDict[int, Any] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.capacity = capacity
+        self.received = 0
+        self.errors = 0
+        self.last_error = ""
+
+    def add(self, stamp: int, msg: Any) -> None:
+        with self._lock:
+            self.received += 1
+            self._messages[int(stamp)] = msg
+            while len(self._messages) > self.capacity:
+                self._messages.popitem(last=False)
+
+    def take(self, stamp: int, max_pixels: int) -> np.ndarray | None:
+        """The depth image (metres) stamped ``stamp``, or None; a broken one is counted, never raised."""
+        with self._lock:
+            msg = self._messages.pop(int(stamp), None)
+        if msg is None:
+            return None
+        try:
+            return decode_depth(msg, max_pixels=max_pixels)
+        except ImageError as exc:
+            self.errors += 1
+            self.last_error = str(exc)
+            return None
 
 
 @dataclass
@@ -145,6 +179,7 @@ class VPRPipeline:
         self.last_geometry_skip = ""
         # CameraInfo from the transport's camera_info subscription (replay sets Frame.camera itself)
         self.cameras = CameraTrack(int(float(params["camera_info.max_age_s"]) * 1e9))
+        self.depths = DepthBuffer()  # fed by the transport's depth subscription (parameter depth)
         self.stamps = StampGuard(int(float(params["max_stamp_jump_s"]) * 1e9))
         self.pose_lookup: Callable[[Frame], Pose | None] | None = None
         self._copying = threading.Lock()
@@ -206,6 +241,13 @@ class VPRPipeline:
             frame.pose = self.pose_lookup(frame)
         if frame.camera is None and not frame.camera_problem:  # stored with the keyframe, verifying or not
             frame.camera, frame.camera_problem = self.cameras.lookup(frame.stamp_ns)
+        if frame.depth is None and self.depths.received:
+            frame.depth = self.depths.take(frame.stamp_ns, int(self.params["max_image_pixels"]))
+            if frame.depth is not None and frame.depth.shape != rgb.shape[:2]:
+                self.depths.errors += 1
+                self.depths.last_error = (f"depth image {frame.depth.shape[1]}x{frame.depth.shape[0]} is not "
+                                          f"registered to the {rgb.shape[1]}x{rgb.shape[0]} camera image")
+                frame.depth = None
         if frame.camera is not None:
             try:
                 frame.camera.check_image(rgb.shape[1], rgb.shape[0])

@@ -110,6 +110,8 @@ class LatestFrameWorker:
         out["geometry_skipped"] = self.pipeline.geometry_skipped
         out["camera_info_received"] = self.pipeline.cameras.received
         out["last_geometry_skip"] = self.pipeline.last_geometry_skip
+        out["depth_received"] = self.pipeline.depths.received
+        out["depth_errors"] = self.pipeline.depths.errors
         return out
 
     def _run(self) -> None:

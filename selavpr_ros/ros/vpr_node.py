@@ -97,6 +97,10 @@ class VPRNode(Node):
 
         msg_type = CompressedImage if params["compressed"] else Image
         self.create_subscription(msg_type, "image", self._on_image, qos_profile_sensor_data)
+        if params["depth"]:
+            depths = self.pipeline.depths
+            self.create_subscription(Image, "depth", lambda m: depths.add(stamp_ns(m.header), m),
+                                     qos_profile_sensor_data)
         cameras = self.pipeline.cameras
         self.create_subscription(CameraInfo, "camera_info", lambda m: cameras.add(stamp_ns(m.header), m),
                                  qos_profile_sensor_data)
