@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from _common import RESULTS, ROOT, table
 
-BENCHMARKS = ("extract", "retrieval", "train", "train_nordland", "node_load", "verification")
+BENCHMARKS = ("extract", "retrieval", "train", "train_nordland", "node_load", "verification", "slam")
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 
 
@@ -92,6 +92,19 @@ def _verification(d: dict) -> str:
                    f"min_inliers {d['defaults']['min_inliers']}, min_inlier_ratio {d['defaults']['min_inlier_ratio']}.")
 
 
+def _slam(d: dict) -> str:
+    runs = d["runs"]
+    rows = [{"run": "odometry only", "ate": runs[0]["ate_odometry_m"], "rpe": runs[0]["rpe_odometry_m"]}]
+    rows += [{"run": f"+ loop closures, {r['stages']}", "closures": r["closures"], "false": r["false_closures"],
+              "metric": r["metric_closures"], "ate": r["ate_optimised_m"], "rpe": r["rpe_optimised_m"]} for r in runs]
+    return (f"Simulated robot, {d['laps']} laps around a 40 x 30 m block, {runs[0]['keyframes']} keyframes "
+            f"(render {d['render_ms_320x240']['median_ms']:.0f} ms per 320 x 240 frame):\n\n"
+            + table(rows, [("run", "trajectory", ""), ("closures", "accepted closures", ""),
+                           ("false", "false", ""), ("metric", "metric", ""), ("ate", "ATE RMSE m", ".3f"),
+                           ("rpe", "RPE m", ".3f")])
+            + "\n\n![trajectories](benchmarks/results/slam_trajectories.png)")
+
+
 SUMMARIES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "extract": ("Descriptor extraction (random weights, ms per frame, batch 1)", _extract),
     "retrieval": ("Map search per query", _retrieval),
@@ -99,6 +112,7 @@ SUMMARIES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "train_nordland": ("Learning on Nordland (held-out 30 %)", _train_nordland),
     "node_load": ("Node under a 30 Hz camera stream with slow inference, ROS-less and rclpy", _node_load),
     "verification": ("Loop-closure decisions with and without geometric verification", _verification),
+    "slam": ("SLAM end to end: loop closures in a GTSAM pose graph, trajectory error with evo", _slam),
 }
 
 

@@ -24,6 +24,8 @@ COMMAND_MODULES = (
     "selavpr_ros.cli.bag_commands",
     "selavpr_ros.cli.demo",
     "selavpr_ros.cli.eval_commands",
+    "selavpr_ros.cli.sim_commands",
+    "selavpr_ros.cli.slam_commands",
 )
 
 

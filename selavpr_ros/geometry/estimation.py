@@ -44,7 +44,7 @@ class VerificationConfig:
     max_iterations: int = 2000
     min_inliers: int = 30
     min_inlier_ratio: float = 0.3  # inliers / putative matches
-    min_spread: float = 0.05  # inliers' second principal spread / image diagonal: rejects points on a line
+    min_spread: float = 0.01  # matches' second principal spread / image diagonal: rejects points on a line
     rotation_only_ratio: float = 0.8  # homography inliers >= this x essential inliers ...
     max_anisotropy: float = 0.03  # ... and its normalised form a rotation (singular values within 3 %)
     min_depth_m: float = 0.1

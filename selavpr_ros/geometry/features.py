@@ -116,9 +116,25 @@ def detect(rgb: np.ndarray, config: KeypointConfig, depth: np.ndarray | None = N
     if depth is not None:
         if depth.shape[:2] != (h, w):
             raise ValueError(f"depth image {depth.shape[1]}x{depth.shape[0]} is not registered to the {w}x{h} image")
-        z = depth[np.rint(xy[:, 1]).astype(int), np.rint(xy[:, 0]).astype(int)].astype(np.float32)
-        z[~np.isfinite(z) | (z <= 0)] = np.nan
+        z = _sample_depth(np.asarray(depth, np.float32), xy)
     return Keypoints(config.detector, xy, descriptors, z)
+
+
+def _sample_depth(depth: np.ndarray, xy: np.ndarray, max_step: float = 0.05) -> np.ndarray:
+    """Depth at subpixel positions, bilinear between the 4 nearest pixels (centred at integers); NaN
+    where one is missing or they differ by more than ``max_step`` relative (an occlusion edge)."""
+    h, w = depth.shape
+    x = np.clip(xy[:, 0], 0, w - 1)
+    y = np.clip(xy[:, 1], 0, h - 1)
+    x0, y0 = np.minimum(x.astype(int), w - 2 if w > 1 else 0), np.minimum(y.astype(int), h - 2 if h > 1 else 0)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = x - x0, y - y0
+    corners = np.stack([depth[y0, x0], depth[y0, x1], depth[y1, x0], depth[y1, x1]])
+    z = (corners[0] * (1 - fx) + corners[1] * fx) * (1 - fy) + (corners[2] * (1 - fx) + corners[3] * fx) * fy
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(corners).all(axis=0) | (corners.min(axis=0) <= 0) | \
+            (corners.max(axis=0) > corners.min(axis=0) * (1 + max_step))
+    return np.where(bad, np.nan, z).astype(np.float32)
 
 
 def match(query: Keypoints, other: Keypoints, ratio: float = 0.8) -> np.ndarray:

@@ -1,0 +1,116 @@
+"""A pose graph from odometry and loop closures, optimised with GTSAM under a robust kernel.
+
+Edges carry the pose of ``key_to`` in the frame of ``key_from`` and a 6 x 6
+covariance in ROS order (x, y, z, rot x, rot y, rot z). Two conventions
+meet here: the package's relative poses perturb the rotation about the
+*from* frame's axes and the translation additively (what
+:mod:`selavpr_ros.geometry.estimation` estimates), GTSAM perturbs on the
+right in the *to* frame with rotation first; :func:`to_gtsam_covariance`
+converts exactly (to first order). Covariances are checked: a NaN or a
+matrix that is not positive definite never reaches the optimiser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from selavpr_ros.errors import ConfigError
+
+
+@dataclass
+class Edge:
+    key_from: int
+    key_to: int
+    transform: np.ndarray  # 4 x 4: pose of key_to in key_from's frame
+    covariance: np.ndarray  # 6 x 6 in GTSAM's Pose3 tangent order (rotation first, right perturbation)
+    kind: Literal["odometry", "loop"] = "loop"
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+
+
+def check_covariance(cov: np.ndarray, what: str) -> np.ndarray:
+    cov = np.asarray(cov, np.float64).reshape(6, 6)
+    if not np.isfinite(cov).all():
+        raise ConfigError(f"{what}: covariance holds NaN or infinity")
+    cov = 0.5 * (cov + cov.T)
+    if np.linalg.eigvalsh(cov).min() <= 0:
+        raise ConfigError(f"{what}: covariance is not positive definite")
+    return cov
+
+
+def to_gtsam_covariance(transform: np.ndarray, cov_ros: np.ndarray) -> np.ndarray:
+    """The package's covariance of ``transform`` as GTSAM's Pose3 tangent covariance (rotation first,
+    right perturbation)."""
+    import gtsam
+
+    t = transform[:3, 3]
+    # package parameters (dt, w) -> left se(3) twist (w, v): v = dt - w x t
+    jac = np.zeros((6, 6))
+    jac[:3, 3:] = np.eye(3)
+    jac[3:, :3] = np.eye(3)
+    jac[3:, 3:] = _skew(t)  # -(w x t) = t x w
+    left = jac @ cov_ros @ jac.T
+    adjoint = gtsam.Pose3(np.linalg.inv(transform)).AdjointMap()  # left twist -> right twist
+    return adjoint @ left @ adjoint.T
+
+
+def conjugate(transform: np.ndarray, cov_gtsam: np.ndarray, mount: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An edge between two sensor frames as the edge between the bodies carrying them (``mount``: the
+    sensor's pose in the body): T_body = M T_sensor M^-1, covariance by the adjoint of M."""
+    import gtsam
+
+    body = mount @ transform @ np.linalg.inv(mount)
+    adjoint = gtsam.Pose3(mount).AdjointMap()
+    return body, adjoint @ cov_gtsam @ adjoint.T
+
+
+def optimise(initial: dict[int, np.ndarray], edges: list[Edge], prior_key: int, huber: float = 1.345,
+             prior_sigma: float = 1e-3) -> dict[int, np.ndarray]:
+    """Levenberg-Marquardt on the graph; loop edges under a Huber kernel. Returns the optimised poses."""
+    import gtsam
+
+    graph = gtsam.NonlinearFactorGraph()
+    values = gtsam.Values()
+    for key, pose in initial.items():
+        values.insert(key, gtsam.Pose3(pose))
+    graph.add(gtsam.PriorFactorPose3(prior_key, gtsam.Pose3(initial[prior_key]),
+                                     gtsam.noiseModel.Isotropic.Sigma(6, prior_sigma)))
+    for e in edges:
+        if e.key_from not in initial or e.key_to not in initial:
+            missing = e.key_from if e.key_from not in initial else e.key_to
+            raise ConfigError(f"{e.kind} edge {e.key_from} -> {e.key_to}: unknown key {missing}")
+        cov = check_covariance(e.covariance, f"{e.kind} edge {e.key_from} -> {e.key_to}")
+        gaussian = gtsam.noiseModel.Gaussian.Covariance(cov)
+        noise = gtsam.noiseModel.Robust.Create(gtsam.noiseModel.mEstimator.Huber.Create(huber), gaussian) \
+            if e.kind == "loop" else gaussian
+        graph.add(gtsam.BetweenFactorPose3(e.key_from, e.key_to, gtsam.Pose3(e.transform), noise))
+    params = gtsam.LevenbergMarquardtParams()
+    params.setMaxIterations(100)
+    result = gtsam.LevenbergMarquardtOptimizer(graph, values, params).optimize()
+    return {key: result.atPose3(key).matrix() for key in initial}
+
+
+def planar_pose(x: float, y: float, yaw: float) -> np.ndarray:
+    c, s = np.cos(yaw), np.sin(yaw)
+    pose = np.eye(4)
+    pose[:2, :2] = [[c, -s], [s, c]]
+    pose[:2, 3] = (x, y)
+    return pose
+
+
+def odometry_edges(poses: np.ndarray, noise_per_m: float = 0.02, heading_per_m: float = 0.005) -> list[Edge]:
+    """Edges between consecutive planar odometry poses (N x (x, y, yaw)), covariances in GTSAM order."""
+    edges = []
+    for i in range(len(poses) - 1):
+        a, b = planar_pose(*poses[i]), planar_pose(*poses[i + 1])
+        rel = np.linalg.inv(a) @ b
+        step = max(float(np.linalg.norm(rel[:2, 3])), 0.05)
+        sigma_t, sigma_h = noise_per_m * step, heading_per_m * step + 1e-3
+        cov = np.diag([1e-6, 1e-6, sigma_h**2, sigma_t**2, sigma_t**2, 1e-6])  # rot x, y, z, x, y, z
+        edges.append(Edge(i, i + 1, rel, cov, "odometry"))
+    return edges
