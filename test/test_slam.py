@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from selavpr_ros.errors import ConfigError
-from selavpr_ros.slam.pose_graph import Edge, check_covariance, optimise, planar_pose, to_gtsam_covariance
+from selavpr_ros.geometry.estimation import planar_pose
+from selavpr_ros.slam.pose_graph import Edge, check_covariance, optimise, to_gtsam_covariance
 
 
 def test_covariance_conversion_matches_gtsam_tangent():

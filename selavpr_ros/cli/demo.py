@@ -95,11 +95,12 @@ def run_demo(out: Path, checkpoint: str | None, device: str, quiet: bool = False
     s = summaries["binary,float,geometric"]
     s["without_geometry"] = {k: summaries["binary,float"][k]
                              for k in ("accepted", "precision", "closure_recall", "closures")}
+    from selavpr_ros.geometry.features import KeypointConfig
     from selavpr_ros.mapdb.database import MapDatabase
 
     with MapDatabase.open(out / "map") as db:
         stats, camera = db.stats(), db.records([0])[0].camera
-    s["keypoints_per_frame"] = stats["keypoint_bytes_per_keyframe"] / 36  # ORB: 36 B per keypoint
+    s["keypoints_per_frame"] = stats["keypoint_bytes_per_keyframe"] / KeypointConfig().bytes_per_keypoint()
     s["image_size"] = f"{camera.width}x{camera.height}" if camera is not None else "demo"
     return s
 

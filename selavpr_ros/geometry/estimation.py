@@ -107,6 +107,20 @@ def rotation_to_quaternion(r: np.ndarray) -> tuple[float, float, float, float]:
 BODY_TO_OPTICAL = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
 
 
+def skew(v: np.ndarray) -> np.ndarray:
+    """The cross-product matrix: ``skew(a) @ b == np.cross(a, b)``."""
+    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+
+
+def planar_pose(x: float, y: float, yaw: float, z: float = 0.0) -> np.ndarray:
+    """4 x 4 pose of a body-convention frame (x forward, z up) at (x, y, z) heading ``yaw``."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    pose = np.eye(4)
+    pose[:2, :2] = [[c, -s], [s, c]]
+    pose[:3, 3] = (x, y, z)
+    return pose
+
+
 def quaternion_to_rotation(q: tuple[float, float, float, float]) -> np.ndarray:
     """Rotation matrix of a unit quaternion (x, y, z, w)."""
     x, y, z, w = np.asarray(q, np.float64) / max(float(np.linalg.norm(q)), 1e-12)
@@ -350,8 +364,7 @@ def _essential_residual(r, t, qn, mn, cam):
 
     def residual(p: np.ndarray) -> np.ndarray:
         rr, tt = apply(p)
-        tx = np.array([[0, -tt[2], tt[1]], [tt[2], 0, -tt[0]], [-tt[1], tt[0], 0]])
-        e = tx @ rr
+        e = skew(tt) @ rr
         ex, etx = xm @ e.T, xq @ e
         num = np.einsum("ij,ij->i", xq, ex)
         den = ex[:, 0] ** 2 + ex[:, 1] ** 2 + etx[:, 0] ** 2 + etx[:, 1] ** 2

@@ -181,7 +181,7 @@ class LoopClosureEngine:
         cand = self.retriever.search(query, allowed)
         result = FrameResult(record.stamp_ns, True, timings_ms=dict(cand.timings_ms))
         result.candidates = self._judge(cand, record, view)
-        if "geometric" in self.config.retrieval.stages:
+        if self.verifier is not None:
             result.timings_ms["geometric"] = self._verify_ms
         if self.config.report_excluded and allowed is not None:
             result.candidates += self._excluded(query, allowed, record)
@@ -200,12 +200,13 @@ class LoopClosureEngine:
             return cand.similarity.astype(np.float64)
         return 1.0 - 2.0 * cand.hamming / self.db.layout.code_bits
 
-    def _verify(self, view: QueryView | None, rows: list[int]) -> dict[int, RelativePose]:
+    def _verify(self, view: QueryView | None, rows: list[int],
+                records: list[KeyframeRecord]) -> dict[int, RelativePose]:
         t0 = time.perf_counter()
         poses = {}
         if self.verifier is not None and rows:
             view = view or QueryView(skip_reason="the frame has no camera model (no CameraInfo)")
-            poses = dict(zip(rows, self.verifier.verify(view, rows)))
+            poses = dict(zip(rows, self.verifier.verify(view, rows, records)))
         self._verify_ms = (time.perf_counter() - t0) * 1000
         return poses
 
@@ -216,7 +217,8 @@ class LoopClosureEngine:
         meta = self.db.rows[top.rows] if len(top) else self.db.rows[:0]
         records = self.db.records(top.rows) if len(top) else []
         low = [self._low_score(float(scores[i]), int(top.local_matches[i])) for i in range(len(top))]
-        poses = self._verify(view, [int(top.rows[i]) for i in range(len(top)) if not low[i]])
+        checked = [i for i in range(len(top)) if not low[i]]
+        poses = self._verify(view, [int(top.rows[i]) for i in checked], [records[i] for i in checked])
         passing: list[tuple[int, int, int]] = []
         out = []
         for i in range(len(top)):

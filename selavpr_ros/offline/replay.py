@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from selavpr_ros.bags.reader import camera_info_topic, image_connections, iter_images, load_camera_track, open_bags
+from selavpr_ros.bags.poses import load_pose_track
+from selavpr_ros.bags.reader import (
+    StampedLookup,
+    camera_info_topic,
+    image_connections,
+    iter_images,
+    load_camera_track,
+    open_bags,
+)
 from selavpr_ros.bags.writer import write_messages
 from selavpr_ros.errors import ImageError
 from selavpr_ros.node.pipeline import Frame, FrameOutcome, VPRPipeline, candidate_array_fields
@@ -45,9 +53,12 @@ class ReplayResult:
 
 
 def replay(bag: str | Path, image_topic: str, pipeline: VPRPipeline, progress: bool = True,
-           camera_info: str | None = "") -> ReplayResult:
+           camera_info: str | None = "", pose_topic: str | None = None, depth_topic: str | None = None,
+           max_pose_gap_s: float = 0.5) -> ReplayResult:
     """Every image of ``image_topic`` through ``pipeline``; CameraInfo from ``camera_info``
-    ("" = the topic beside the images, None = none)."""
+    ("" = the topic beside the images, None = none); with ``pose_topic`` each frame gets the pose
+    interpolated at its stamp, with ``depth_topic`` its registered depth image (fed to the pipeline's
+    depth buffer, as the node's depth subscription does)."""
     result = ReplayResult()
     with open_bags([bag]) as reader:
         total = sum(c.msgcount for c in image_connections(reader, image_topic))
@@ -55,11 +66,19 @@ def replay(bag: str | Path, image_topic: str, pipeline: VPRPipeline, progress: b
         if camera_info is not None:
             cameras = load_camera_track(reader, camera_info or camera_info_topic(image_topic),
                                         float(pipeline.params["camera_info.max_age_s"]))
-        for item in tqdm(iter_images(reader, image_topic), total=total, desc="replay", unit="img",
-                         disable=not progress):
+        track = load_pose_track(reader, pose_topic) if pose_topic else None
+        depths = StampedLookup(reader, depth_topic) if depth_topic else None
+        for item in tqdm(iter_images(reader, image_topic), total=total, desc=f"replay {Path(bag).name}",
+                         unit="img", disable=not progress):
             frame = Frame(item.msg, item.stamp_ns, item.frame_id, source=str(bag), topic=image_topic)
             if cameras is not None:
                 frame.camera, frame.camera_problem = cameras.lookup(item.stamp_ns)
+            if track is not None:
+                frame.pose = track.interpolate(np.array([item.stamp_ns]), max_pose_gap_s)[0]
+            if depths is not None:
+                depth_msg = depths.get(item.stamp_ns)
+                if depth_msg is not None:
+                    pipeline.depths.add(item.stamp_ns, depth_msg)
             try:
                 outcome = pipeline.process(frame)
             except ImageError as exc:

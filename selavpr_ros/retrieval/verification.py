@@ -21,6 +21,7 @@ from selavpr_ros.geometry.features import Keypoints, match
 from selavpr_ros.inference.preprocess import center_crop_box
 from selavpr_ros.mapdb.database import MapDatabase
 from selavpr_ros.mapdb.records import decode_local, pool_local
+from selavpr_ros.types import KeyframeRecord
 
 
 @dataclass
@@ -73,14 +74,18 @@ class Verifier:
             raise ConfigError(f"geometry.matcher 'dense' needs local features, but map {database.path} stores none "
                               "(use matcher 'keypoints', or a SelaVPR model)")
 
-    def verify(self, view: QueryView, rows: Sequence[int]) -> list[RelativePose]:
-        """One :class:`RelativePose` per row, in order (``valid`` False with the reason when rejected)."""
+    def verify(self, view: QueryView, rows: Sequence[int],
+               records: Sequence[KeyframeRecord] | None = None) -> list[RelativePose]:
+        """One :class:`RelativePose` per row, in order (``valid`` False with the reason when rejected).
+
+        ``records``: the rows' keyframe records when the caller has read them already.
+        """
         rows = [int(r) for r in rows]
         if not rows:
             return []
         if view.skip_reason or view.camera is None:
             return [RelativePose.unverifiable(view.skip_reason or "the query has no camera model") for _ in rows]
-        records = self.db.records(rows)
+        records = self.db.records(rows) if records is None else records
         stored = self.db.keypoints([r.keyframe_id for r in records]) if self.config.matcher == "keypoints" else {}
         out = []
         for row, record in zip(rows, records):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from selavpr_ros.geometry.estimation import BODY_TO_OPTICAL
+from selavpr_ros.geometry.estimation import BODY_TO_OPTICAL, planar_pose
 from selavpr_ros.types import CameraModel
 
 SKY = np.array([170.0, 195.0, 225.0])
@@ -188,11 +188,8 @@ def _sample(texture: np.ndarray, u: np.ndarray, v: np.ndarray, repeat_v: bool) -
 
 def camera_pose(x: float, y: float, yaw: float, height: float) -> np.ndarray:
     """World pose (4 x 4) of the optical frame of a camera at (x, y, height) looking along ``yaw``."""
-    c, s = np.cos(yaw), np.sin(yaw)
-    body = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-    pose = np.eye(4)
-    pose[:3, :3] = body @ BODY_TO_OPTICAL.T  # optical axes expressed in the world
-    pose[:3, 3] = (x, y, height)
+    pose = planar_pose(x, y, yaw, height)
+    pose[:3, :3] = pose[:3, :3] @ BODY_TO_OPTICAL.T  # optical axes expressed in the world
     return pose
 
 

@@ -22,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from selavpr_ros.geometry.estimation import RelativePose, pose_errors
-from selavpr_ros.slam.pose_graph import Edge, conjugate, odometry_edges, optimise, planar_pose, to_gtsam_covariance
+from selavpr_ros.errors import BagError
+from selavpr_ros.geometry.estimation import RelativePose, planar_pose, pose_errors
+from selavpr_ros.slam.pose_graph import Edge, conjugate, odometry_edges, optimise, to_gtsam_covariance
+from selavpr_ros.types import Pose
 
 UNVERIFIED_SIGMA = (np.radians(5.0), 1.0)  # rad, m: a closure without a relative pose
 
@@ -55,52 +57,39 @@ class SlamResult:
 def run_pipeline(bag: Path, map_dir: Path, stages: str, extractor, params: dict[str, Any] | None = None,
                  progress: bool = True) -> tuple[np.ndarray, np.ndarray, list[Closure]]:
     """Keyframe stamps, their odometry poses (N x (x, y, yaw)) and the accepted closures of one session."""
-    from tqdm import tqdm
-
-    from selavpr_ros.bags.poses import load_pose_track
-    from selavpr_ros.bags.reader import StampedLookup, iter_images, load_camera_track, open_bags
     from selavpr_ros.node.params import validate
-    from selavpr_ros.node.pipeline import Frame, VPRPipeline
-    from selavpr_ros.transport.image_decoding import decode_depth
+    from selavpr_ros.node.pipeline import VPRPipeline
+    from selavpr_ros.offline.replay import replay
 
     values = {"map_path": str(map_dir), "mode": "mapping", "device": "cpu", "session": bag.name,
               "loop_closure.retrieval.stages": stages, "loop_closure.keyframe.min_interval_s": 0.0,
               **(params or {})}
     pipeline = VPRPipeline(validate(values), extractor=extractor)
+    try:
+        result = replay(bag, "/camera/image_raw", pipeline, progress, camera_info="/camera/camera_info",
+                        pose_topic="/odom", depth_topic="/camera/depth")
+    finally:
+        pipeline.close()
     stamps: list[int] = []
     odometry: list[tuple[float, float, float]] = []
     closures: list[Closure] = []
     index: dict[int, int] = {}
-    try:
-        with open_bags([bag]) as reader:
-            track = load_pose_track(reader, "/odom")
-            cameras = load_camera_track(reader, "/camera/camera_info")
-            depths = StampedLookup(reader, "/camera/depth")
-            stream = iter_images(reader, "/camera/image_raw")
-            for item in tqdm(stream, desc=f"{bag.name} [{stages}]", unit="frame", disable=not progress):
-                pose = track.interpolate(np.array([item.stamp_ns]), 0.5)[0]
-                frame = Frame(item.msg, item.stamp_ns, item.frame_id, pose=pose, source=str(bag), topic=item.topic)
-                frame.camera, frame.camera_problem = cameras.lookup(item.stamp_ns)
-                depth_msg = depths.get(item.stamp_ns)
-                frame.depth = decode_depth(depth_msg) if depth_msg is not None else None
-                outcome = pipeline.process(frame)
-                if not outcome.result.is_keyframe:
-                    continue
-                index[outcome.result.keyframe_id] = len(stamps)
-                stamps.append(item.stamp_ns)
-                assert pose is not None
-                odometry.append((pose.position[0], pose.position[1], pose.yaw()))
-                for c in outcome.result.accepted:
-                    rel = c.relative_pose
-                    transform = covariance = None
-                    if rel is not None:
-                        transform = np.eye(4)
-                        transform[:3, :3], transform[:3, 3] = rel.rotation, rel.translation
-                        covariance = rel.covariance
-                    closures.append(Closure(len(stamps) - 1, index[c.match_keyframe_id], transform, covariance,
-                                            bool(rel is not None and rel.metric)))
-    finally:
-        pipeline.close()
+    for outcome in result.queries:  # keyframes, in stream order
+        pose = outcome.frame.pose
+        if pose is None:
+            raise BagError(f"{bag}: /odom has no pose at image stamp {outcome.frame.stamp_ns * 1e-9:.3f} s")
+        index[outcome.result.keyframe_id] = len(stamps)
+        stamps.append(outcome.frame.stamp_ns)
+        odometry.append((pose.position[0], pose.position[1], pose.yaw()))
+        for c in outcome.result.accepted:
+            rel = c.relative_pose
+            transform = covariance = None
+            if rel is not None:
+                transform = np.eye(4)
+                transform[:3, :3], transform[:3, 3] = rel.rotation, rel.translation
+                covariance = rel.covariance
+            closures.append(Closure(len(stamps) - 1, index[c.match_keyframe_id], transform, covariance,
+                                    bool(rel is not None and rel.metric)))
     odo = np.asarray(odometry)
     odo[:, 2] = np.unwrap(odo[:, 2])
     return np.asarray(stamps, np.int64), odo, closures
@@ -200,12 +189,11 @@ def truth_from_bag(bag: Path, topic: str = "/ground_truth") -> tuple[np.ndarray,
     """Ground-truth base poses (N x (x, y, yaw)) and stamps from a nav_msgs/Odometry (or pose) topic."""
     from selavpr_ros.bags.poses import load_pose_track
     from selavpr_ros.bags.reader import open_bags
-    from selavpr_ros.geometry.estimation import quaternion_to_rotation
 
     with open_bags([bag]) as reader:
         track = load_pose_track(reader, topic)
-    yaw = np.array([np.arctan2(*quaternion_to_rotation(q)[[1, 0], 0]) for q in track.orientations])
-    return np.column_stack([track.positions[:, 0], track.positions[:, 1], np.unwrap(yaw)]), track.stamps_ns
+    yaw = np.unwrap([Pose((0.0, 0.0, 0.0), tuple(q)).yaw() for q in track.orientations])
+    return np.column_stack([track.positions[:, 0], track.positions[:, 1], yaw]), track.stamps_ns
 
 
 def plot_trajectories(path: Path, truth: np.ndarray, odometry: np.ndarray, results: list[SlamResult]) -> Path:

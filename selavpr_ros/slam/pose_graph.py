@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 
 from selavpr_ros.errors import ConfigError
+from selavpr_ros.geometry.estimation import planar_pose, skew
 
 
 @dataclass
@@ -27,10 +28,6 @@ class Edge:
     transform: np.ndarray  # 4 x 4: pose of key_to in key_from's frame
     covariance: np.ndarray  # 6 x 6 in GTSAM's Pose3 tangent order (rotation first, right perturbation)
     kind: Literal["odometry", "loop"] = "loop"
-
-
-def _skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
 
 
 def check_covariance(cov: np.ndarray, what: str) -> np.ndarray:
@@ -53,7 +50,7 @@ def to_gtsam_covariance(transform: np.ndarray, cov_ros: np.ndarray) -> np.ndarra
     jac = np.zeros((6, 6))
     jac[:3, 3:] = np.eye(3)
     jac[3:, :3] = np.eye(3)
-    jac[3:, 3:] = _skew(t)  # -(w x t) = t x w
+    jac[3:, 3:] = skew(t)  # -(w x t) = t x w
     left = jac @ cov_ros @ jac.T
     adjoint = gtsam.Pose3(np.linalg.inv(transform)).AdjointMap()  # left twist -> right twist
     return adjoint @ left @ adjoint.T
@@ -93,14 +90,6 @@ def optimise(initial: dict[int, np.ndarray], edges: list[Edge], prior_key: int, 
     params.setMaxIterations(100)
     result = gtsam.LevenbergMarquardtOptimizer(graph, values, params).optimize()
     return {key: result.atPose3(key).matrix() for key in initial}
-
-
-def planar_pose(x: float, y: float, yaw: float) -> np.ndarray:
-    c, s = np.cos(yaw), np.sin(yaw)
-    pose = np.eye(4)
-    pose[:2, :2] = [[c, -s], [s, c]]
-    pose[:2, 3] = (x, y)
-    return pose
 
 
 def odometry_edges(poses: np.ndarray, noise_per_m: float = 0.02, heading_per_m: float = 0.005) -> list[Edge]:
