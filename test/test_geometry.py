@@ -161,6 +161,11 @@ def test_camera_track_matches_by_stamp_and_explains_misses():
     assert track.lookup(90)[0] is not None
     miss = track.lookup(5 * 10**9)
     assert miss[0] is None and "no CameraInfo within 1.000 s" in miss[1]
+    hostile = camera_info()
+    hostile.header.frame_id = "x" * 100_000  # a peer's megabyte frame id is never stored or echoed whole
+    track.add(300, hostile)
+    refused = track.lookup(300)
+    assert refused[0] is None and "exceeds the limit of 256" in refused[1] and len(refused[1]) < 300
 
 
 def test_keypoint_blob_round_trip_and_corruption():

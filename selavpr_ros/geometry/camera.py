@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from selavpr_ros.errors import CameraError
+from selavpr_ros.transport.image_decoding import check_string_field
 from selavpr_ros.types import DISTORTION_MODELS, EQUIDISTANT, PLUMB_BOB, RATIONAL_POLYNOMIAL, CameraModel
 
 __all__ = ["DISTORTION_MODELS", "EQUIDISTANT", "PLUMB_BOB", "RATIONAL_POLYNOMIAL", "CameraModel", "CameraTrack"]
@@ -44,6 +45,9 @@ class CameraTrack:
         """Record one ``sensor_msgs/CameraInfo``."""
         self.received += 1
         try:
+            # strings from the wire end up in the map and in every candidate's reason: bounded first
+            check_string_field("CameraInfo frame_id", getattr(getattr(msg, "header", None), "frame_id", ""))
+            check_string_field("CameraInfo distortion_model", getattr(msg, "distortion_model", ""))
             entry: CameraModel | str = CameraModel.from_camera_info(msg)
         except CameraError as exc:
             entry = str(exc)
