@@ -281,6 +281,14 @@ class CameraModel:
 
 
 # -- keyframes ------------------------------------------------------------------------
+def quaternion_to_rotation(q: tuple[float, float, float, float]) -> np.ndarray:
+    """Rotation matrix of a unit quaternion (x, y, z, w)."""
+    x, y, z, w = np.asarray(q, np.float64) / max(float(np.linalg.norm(q)), 1e-12)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
 @dataclass(frozen=True)
 class Pose:
     """Position (m) and orientation (unit quaternion x, y, z, w) in the fixed frame ``frame_id``.
@@ -298,6 +306,13 @@ class Pose:
         x, y, z, w = self.orientation
         return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
 
+    def matrix(self) -> np.ndarray:
+        """4 x 4 homogeneous transform of this pose."""
+        out = np.eye(4)
+        out[:3, :3] = quaternion_to_rotation(self.orientation)
+        out[:3, 3] = self.position
+        return out
+
 
 @dataclass
 class KeyframeRecord:
@@ -313,6 +328,8 @@ class KeyframeRecord:
     keyframe_id: int = -1
     row: int = -1
     camera: CameraModel | None = None  # intrinsics of the image (CameraInfo), for geometric verification
+    slam_id: int | None = None  # the SLAM's own id of this keyframe, when the SLAM gave one (pose-graph keys)
+    robot_id: int = 0  # robot whose session holds the keyframe (multi-robot pose graphs)
 
     @property
     def stamp(self) -> float:

@@ -203,20 +203,32 @@ def test_node_verifies_loops_with_camera_info_over_dds(tmp_path):
     tiles = [np.asarray(Image.open(ev.database[ev.positives[i][0]]).convert("RGB")) for i in picks]
     turned = [np.asarray(Image.open(ev.queries[i]).convert("RGB")) for i in picks]
     domain = random.randint(1, 200)
+    from selavpr_ros.loop_closure.edges import conjugate, tangent_covariance
+    from selavpr_ros.node.dds_node import static_qos
+    from selavpr_ros.types import Pose, quaternion_to_rotation
+
     proc = _start_node(tmp_path, domain, "loop_closure.retrieval.stages:=binary,float,geometric",
                        "loop_closure.min_score:=-1.0", "camera_info.max_age_s:=0.5", "depth:=true",
                        "loop_closure.top_n:=9",  # every tile is verified: retrieval alone misses some
-                       remap="image:=/cam/image_raw")
+                       "robot_id:=3", "edges.base_frame:=base_link", remap="image:=/cam/image_raw")
     dp = DomainParticipant(domain)
-    info_type = "sensor_msgs/msg/CameraInfo"
+    info_type, tf_type = "sensor_msgs/msg/CameraInfo", "tf2_msgs/msg/TFMessage"
     images = DataWriter(dp, Topic(dp, "rt/cam/image_raw", dds_type("sensor_msgs/msg/Image")), reliable_qos(50))
     infos = DataWriter(dp, Topic(dp, "rt/robot1/camera_info", dds_type(info_type)), reliable_qos(50))
     reader = DataReader(dp, Topic(dp, "rt/robot1/loop_closures", dds_type(CANDIDATES)), reliable_qos(200))
+    edge_reader = DataReader(dp, Topic(dp, "rt/robot1/loop_closure_edges", dds_type("selavpr_ros/msg/PoseGraph")),
+                             reliable_qos(200))
     depths = DataWriter(dp, Topic(dp, "rt/robot1/depth", dds_type("sensor_msgs/msg/Image")), reliable_qos(50))
+    statics = DataWriter(dp, Topic(dp, "rt/tf_static", dds_type(tf_type)), static_qos())
+    mount = Pose((0.1, -0.05, 1.2), (-0.5, 0.5, -0.5, 0.5))  # an optical frame looking along the base's x
+    statics.write(to_dds(message(tf_type, transforms=[{
+        "header": {"frame_id": "base_link"}, "child_frame_id": "cam_optical",
+        "transform": {"translation": dict(zip("xyz", mount.position)),
+                      "rotation": dict(zip("xyzw", mount.orientation))}}]), tf_type))
     flat = np.full((168, 224), 2.0, "<f4")  # the first tile is a wall 2 m away
-    got = []
+    got, graphs = [], []
     try:
-        for entity in (images, infos, reader, depths):
+        for entity in (images, infos, reader, depths, edge_reader):
             _wait_matched(entity, "endpoint", proc)
         stream = [(1, tiles[0])] + [(10 + i, t) for i, t in enumerate(tiles)] + \
             [(100 + i, q) for i, q in enumerate(turned)]  # the first image has no CameraInfo yet
@@ -237,7 +249,10 @@ def test_node_verifies_loops_with_camera_info_over_dds(tmp_path):
         deadline = time.monotonic() + 20
         while len(got) < len(stream) and time.monotonic() < deadline:
             got += reader.take(N=100)
+            graphs += edge_reader.take(N=100)
             time.sleep(0.05)
+        time.sleep(0.3)
+        graphs += edge_reader.take(N=100)
     finally:
         _stop(proc)
     revisits = [g for g in got if g.header.stamp.sec >= 100]
@@ -251,6 +266,25 @@ def test_node_verifies_loops_with_camera_info_over_dds(tmp_path):
     p = first[0].relative_pose.pose.position
     assert np.hypot(np.hypot(p.x, p.y), p.z) < 0.05  # the camera only turned
     assert all(c.status in (0, 4) for g in revisits for c in g.candidates if c.verification in (1, 2))
+    # every accepted verified candidate is also an edge between the robot frames carrying the camera,
+    # keyed by keyframe ids and the node's robot id, its covariance in GTSAM order
+    accepted = {(c.query_keyframe_id, c.match_keyframe_id): c for g in got for c in g.candidates
+                if c.status == 0 and c.has_relative_pose}
+    edges = {(e.key_from, e.key_to): e for g in graphs for e in g.edges}
+    assert accepted and set(edges) == set(accepted)
+    m = mount.matrix()
+    for key, e in edges.items():
+        c = accepted[key]
+        assert (e.robot_from, e.robot_to, e.type, e.header.frame_id) == (3, 3, 1, "base_link")
+        assert c.robot_id == 3 and c.match_robot_id == 3 and c.query_slam_id == -1 and c.match_slam_id == -1
+        rel = Pose(tuple(getattr(c.relative_pose.pose.position, a) for a in "xyz"),
+                   tuple(getattr(c.relative_pose.pose.orientation, a) for a in "xyzw")).matrix()
+        body, cov = conjugate(rel, tangent_covariance(rel, np.asarray(c.relative_pose.covariance)), m, m)
+        p, q = e.pose.position, e.pose.orientation
+        assert np.allclose([p.x, p.y, p.z], body[:3, 3], atol=1e-6)
+        assert np.allclose(quaternion_to_rotation((q.x, q.y, q.z, q.w)), body[:3, :3], atol=1e-6)
+        scale = np.sqrt(np.outer(np.diag(cov), np.diag(cov)))  # compared as correlations: the quaternion
+        assert np.allclose(np.asarray(e.covariance).reshape(6, 6) / scale, cov / scale, atol=1e-4)  # round trip
     assert len(got) == len(stream) and got[0].header.stamp.sec == 1 and not got[0].candidates
     from selavpr_ros.mapdb.database import MapDatabase
 

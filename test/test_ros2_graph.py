@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "ros2"))
@@ -252,6 +253,62 @@ def test_tf_poses_through_tf2_ros(ros_ws, tmp_path):
         i = r.stamp_ns // 10**9 - (1000 if r.stamp_ns > 500 * 10**9 else 0)
         assert r.pose is not None and r.pose.frame_id == "odom"
         assert r.pose.position[0] == pytest.approx(i + 0.25, abs=1e-6)
+
+
+def test_query_service_keys_edges_by_the_slams_ids(ros_ws, tmp_path):
+    """A SLAM's own keyframes through ~/query (image + its id + CameraInfo): revisits of a turned camera
+    come back with verified edges keyed by the SLAM's ids and robot id, between the robot frames (the
+    camera mount from /tf_static through tf2), in the response and on loop_closure_edges."""
+    from selavpr_ros.datasets.rotated_views import write_rotated_views
+    from selavpr_ros.types import quaternion_to_rotation
+
+    env = ros_ws
+    views = write_rotated_views(tmp_path / "views", held_out=0)
+    ev = views.eval_set
+    picks = [i for i, p in enumerate(ev.positives) if len(p)][:6]
+    mount = [0.1, -0.05, 1.2, -0.5, 0.5, -0.5, 0.5]  # an optical frame looking along base_link's x
+    keyframes = [{"id": 1000 + n, "path": str(ev.database[ev.positives[i][0]]), "stamp": (10 + n) * 10**9}
+                 for n, i in enumerate(picks)]
+    keyframes += [{"id": 2000 + n, "path": str(ev.queries[i]), "stamp": (100 + n) * 10**9}
+                  for n, i in enumerate(picks)]
+    keyframes.append({"id": 3000, "path": "", "stamp": 200 * 10**9})
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"keyframes": keyframes, "k": list(views.camera.k), "width": views.camera.width,
+                                "height": views.camera.height, "mount": mount}))
+    p = params_file(tmp_path / "p.yaml", robot_id=2, **{"edges.base_frame": "base_link",
+                                                        "loop_closure.retrieval.stages": "binary,float,geometric",
+                                                        "loop_closure.min_score": -1.0, "loop_closure.top_n": 6,
+                                                        "loop_closure.keyframe.min_interval_s": 60.0})
+    launch = Launch(env, f"params_file:={p}", f"map:={tmp_path / 'map'}", log=tmp_path / "launch.log")
+    try:
+        launch.wait_for("mapping on /image")
+        got = probe(env, "query", "--spec", str(spec))
+    except BaseException:
+        launch.stop()
+        raise
+    assert launch.interrupt() == 0, launch.text()[-3000:]
+    answers = {a["id"]: a for a in got["answers"]}
+    assert all(answers[k["id"]]["success"] for k in keyframes[:-1])  # every one stored: no keyframe gate
+    assert not answers[3000]["success"] and answers[3000]["message"]  # no image: a clear answer, not a crash
+    revisits = [answers[2000 + n] for n in range(len(picks))]
+    edges = [e for a in revisits for e in a["edges"]]
+    assert len(edges) >= len(picks) // 2
+    for n, a in enumerate(revisits):
+        for e in a["edges"]:
+            assert (e["key_from"], e["key_to"]) == (2000 + n, 1000 + n)  # the SLAM's ids, never the map's
+            assert (e["robot_from"], e["robot_to"], e["type"], e["frame_id"]) == (2, 2, 1, "base_link")
+            # a camera that only turned: between the bases, a turn about the base's vertical axis mostly
+            r = quaternion_to_rotation(e["quaternion"])
+            assert np.linalg.norm(e["position"][:2]) < 0.3 and r[2, 2] > 0.95
+        accepted = [c for c in a["candidates"] if c["status"] == 0 and c["has_relative_pose"]]
+        assert len(accepted) == len(a["edges"])
+        assert all(c["query_slam_id"] == 2000 + n and c["match_slam_id"] == 1000 + n and c["robot_id"] == 2
+                   for c in accepted)
+    assert sorted(map(json.dumps, [e for g in got["graphs"] for e in g])) == sorted(map(json.dumps, edges))
+    from selavpr_ros.mapdb.database import MapDatabase
+
+    with MapDatabase.open(tmp_path / "map") as db:
+        assert [r.slam_id for r in db.iterate()] == [k["id"] for k in keyframes[:-1]]
 
 
 @pytest.mark.parametrize("case", ["unknown_key", "wrong_type", "missing_map", "missing_checkpoint", "bad_argument"])

@@ -142,6 +142,7 @@ class PoseTrack:
     frame_id: str
     source_type: str  # the ROS message type the poses came from
     skipped: int = 0  # messages that did not deserialize or held no usable pose
+    child_frame_id: str = ""  # the frame whose poses these are (nav_msgs/Odometry child_frame_id), when known
 
     def __post_init__(self) -> None:
         stamps = np.asarray(self.stamps_ns, np.int64).reshape(-1)
@@ -294,7 +295,7 @@ def load_pose_track(reader: AnyReader, topic: str, base_frame: str | None = None
     pos: list[list[float]] = []
     quat: list[list[float]] = []
     cov: list[np.ndarray] = []
-    frame, invalid = "", 0
+    frame, child, invalid = "", "", 0
     for bag_time, msg in messages:
         if msgtype == POSE_STAMPED:
             pose, covariance = msg.pose, None
@@ -306,6 +307,7 @@ def load_pose_track(reader: AnyReader, topic: str, base_frame: str | None = None
             continue
         o = pose.orientation
         frame = frame or str(msg.header.frame_id)
+        child = child or str(getattr(msg, "child_frame_id", ""))
         stamps.append(stamp_ns(msg) or bag_time)
         pos.append(p)
         quat.append([float(o.x), float(o.y), float(o.z), float(o.w)])
@@ -316,7 +318,7 @@ def load_pose_track(reader: AnyReader, topic: str, base_frame: str | None = None
                        f"({messages.skipped} undecodable, {invalid} with non-finite positions)")
     return PoseTrack(np.asarray(stamps, np.int64), np.asarray(pos), np.asarray(quat),
                      np.asarray(cov) if msgtype != POSE_STAMPED else None, frame, msgtype,
-                     skipped=messages.skipped + invalid)
+                     skipped=messages.skipped + invalid, child_frame_id=child.lstrip("/"))
 
 
 def _navsat_track(topic: str, messages: _Messages) -> PoseTrack:

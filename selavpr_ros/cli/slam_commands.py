@@ -1,4 +1,4 @@
-"""``selavpr-ros slam-eval``: loop closures -> pose graph (GTSAM) -> trajectory error (evo)."""
+"""``selavpr-ros slam-eval``: published pose-graph edges -> GTSAM -> trajectory error (evo)."""
 
 from __future__ import annotations
 
@@ -7,76 +7,104 @@ import json
 from pathlib import Path
 
 DESCRIPTION = """\
-Run the node's pipeline over a recorded session in mapping mode, feed its
-odometry and accepted loop closures to a GTSAM pose graph (Huber kernel on
-the loops), and score the odometry-only and the optimised trajectories
-against the ground truth with evo (ATE RMSE after SE(3) alignment, RPE over
-10 keyframes) - once with retrieval alone, once with the geometric stage.
+Run the node's pipeline over recorded sessions in mapping mode, one map for
+all: session A, then session B, which also relocalises in A's keyframes.
+The back-end takes the pose-graph edges the node publishes
+(selavpr_ros/PoseGraphEdge: keys, robot ids, relative pose of the robot
+frames, covariance in GTSAM order) as they are, adds each session's odometry
+chain, places B by its first edge into A, optimises with GTSAM (Huber kernel
+on the loops) and scores every trajectory against the ground truth with evo
+(ATE RMSE after SE(3) alignment, RPE over 10 keyframes): once with retrieval
+alone ("same place" edges), once with the geometric stage (verified relative
+poses, metric with depth).
 
-By default it first records a simulated session (`selavpr-ros sim`, session
-A: two laps around a block, the second from another lane); --bag takes any
-bag with /camera/image_raw, /camera/camera_info, /camera/depth, /odom and a
-ground-truth topic. Writes slam_eval.json and trajectories.png to --out.
+By default it first records simulated sessions (`selavpr-ros sim`): A drives
+--laps laps around a block, the later laps in another lane; B drives one lap
+in that lane under other light, as robot 1. --bag / --bag-b take recorded
+sessions with /camera/image_raw, /camera/camera_info, /camera/depth, /odom,
+/tf_static (the camera's mount on the odometry's child frame) and a ground-
+truth topic. Writes slam_eval.json and trajectories.png to --out.
 """
 
 
 def cmd_slam_eval(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from selavpr_ros.inference.loader import open_extractor
     from selavpr_ros.models.zoo import resolve_checkpoint
-    from selavpr_ros.sim.world import camera_pose
-    from selavpr_ros.slam.evaluate import RUN_PARAMS, plot_trajectories, result_dict, slam_eval, truth_from_bag
+    from selavpr_ros.slam.evaluate import (
+        RUN_PARAMS,
+        odometry_from_bag,
+        plot_trajectories,
+        result_dict,
+        slam_eval,
+        truth_from_bag,
+    )
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.bag:
-        bag = Path(args.bag)
-    else:
+    bag_a, bag_b = (Path(args.bag) if args.bag else None), (Path(args.bag_b) if args.bag_b else None)
+    if bag_a is None:
         from selavpr_ros.cli import main as cli_main
 
         code = cli_main(["sim", "--out", str(out / "sim"), "--laps", str(args.laps), "--step", "1.0",
                          *(["--quiet"] if args.quiet else [])])
         if code:
             return code
-        bag = out / "sim" / "session_a"
-    truth, stamps = truth_from_bag(bag, args.ground_truth)
+        bag_a, bag_b = out / "sim" / "session_a", (None if args.no_session_b else out / "sim" / "session_b")
+    sessions = []
+    for bag, name, robot in ((bag_a, "a", 0), (bag_b, "b", args.robot_b)):
+        if bag is not None:
+            truth, stamps = truth_from_bag(bag, args.ground_truth)
+            sessions.append((bag, name, robot, truth, stamps))
     extractor = open_extractor(resolve_checkpoint(args.checkpoint), device=args.device)
-    mount = camera_pose(0.0, 0.0, 0.0, args.camera_height)
-    results = [slam_eval(bag, truth, stamps, out, stages, extractor, mount, params, not args.quiet)
+    results = [slam_eval(sessions, out, stages, extractor, params, args.base_frame, not args.quiet)
                for stages, params in RUN_PARAMS.items()]
     rows = [result_dict(r) for r in results]
-    (out / "slam_eval.json").write_text(json.dumps({"bag": str(bag), "runs": rows}, indent=1))
-    odometry = np.array([[p[0], p[1]] for p in _odometry(bag)])
-    plot_trajectories(out / "trajectories.png", truth, odometry, results)
-    print(f"{'run':28s} {'closures':>9s} {'false':>6s} {'metric':>7s} {'ATE m':>8s} {'RPE m':>8s}")
-    print(f"{'odometry only':28s} {'':>9s} {'':>6s} {'':>7s} {rows[0]['ate_odometry_m']:8.3f} "
-          f"{rows[0]['rpe_odometry_m']:8.3f}")
-    for r in rows:
-        print(f"{'+ loops, ' + r['stages']:28s} {r['closures']:9d} {r['false_closures']:6d} {r['metric_closures']:7d} "
-              f"{r['ate_optimised_m']:8.3f} {r['rpe_optimised_m']:8.3f}")
+    (out / "slam_eval.json").write_text(json.dumps({"bags": {s[1]: str(s[0]) for s in sessions}, "runs": rows},
+                                                   indent=1))
+    plot_trajectories(out / "trajectories.png", {s[1]: s[3] for s in sessions},
+                      {s[1]: odometry_from_bag(s[0]) for s in sessions}, results)
+    print(format_table(rows))
     print(json.dumps({"json": str(out / "slam_eval.json"), "plot": str(out / "trajectories.png")}))
     return 0
 
 
-def _odometry(bag: Path):
-    from selavpr_ros.bags.poses import load_pose_track
-    from selavpr_ros.bags.reader import open_bags
-
-    with open_bags([bag]) as reader:
-        return load_pose_track(reader, "/odom").positions
+def format_table(rows: list[dict]) -> str:
+    """The slam-eval table: per session, odometry only and each run's optimised trajectory."""
+    lines = [f"{'':34s} {'closures':>8s} {'to A':>5s} {'false':>6s} {'metric':>7s} {'ATE m':>8s} {'RPE m':>8s}"]
+    for name, first in rows[0]["sessions"].items():
+        lines.append(f"session {name} (robot {first['robot_id']}, {first['keyframes']} keyframes)")
+        lines.append(f"  {'odometry only':32s} {'':>8s} {'':>5s} {'':>6s} {'':>7s} {first['ate_odometry_m']:8.3f} "
+                     f"{first['rpe_odometry_m']:8.3f}")
+        for r in rows:
+            s = r["sessions"][name]
+            ate = f"{s['ate_optimised_m']:8.3f}" if "ate_optimised_m" in s else f"{'not placed':>8s}"
+            rpe = f"{s['rpe_optimised_m']:8.3f}" if "rpe_optimised_m" in s else ""
+            lines.append(f"  {'+ loops, ' + r['stages']:32s} {s['closures']:8d} {s['inter_session_closures']:5d} "
+                         f"{s['false_closures']:6d} {s['metric_closures']:7d} {ate} {rpe}")
+    if len(rows[0]["sessions"]) > 1:
+        lines.append("all sessions under one alignment (B placed in A's frame by its edges):")
+        for r in rows:
+            joint = r["joint_ate_optimised_m"]
+            text = f"{joint:8.3f}" if joint is not None else "session B not relocalised"
+            lines.append(f"  {'+ loops, ' + r['stages']:32s} {'':>8s} {'':>5s} {'':>6s} {'':>7s} {text}")
+    return "\n".join(lines)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from selavpr_ros.cli import HelpFormatter
 
-    p = sub.add_parser("slam-eval", help="loop closures into a GTSAM pose graph, trajectory error with evo",
+    p = sub.add_parser("slam-eval", help="published pose-graph edges into GTSAM, trajectory error with evo",
                        description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("--out", default="slam_eval", help="output folder")
-    p.add_argument("--bag", help="recorded session (default: simulate one)")
-    p.add_argument("--laps", type=float, default=2.0, help="laps of the simulated session")
-    p.add_argument("--ground-truth", default="/ground_truth", help="ground-truth pose topic of the bag")
-    p.add_argument("--camera-height", type=float, default=1.2, help="camera above the base (m), looking ahead")
+    p.add_argument("--bag", help="recorded session A (default: simulate sessions A and B)")
+    p.add_argument("--bag-b", help="recorded session B, relocalised against A's map (optional)")
+    p.add_argument("--no-session-b", action="store_true", help="simulate and evaluate session A only")
+    p.add_argument("--robot-b", type=int, default=1, help="robot id of session B (the same as A's, 0, for a later "
+                   "visit of one robot)")
+    p.add_argument("--laps", type=float, default=2.0, help="laps of the simulated session A")
+    p.add_argument("--ground-truth", default="/ground_truth", help="ground-truth pose topic of the bags")
+    p.add_argument("--base-frame", default="", help="robot frame of the graph's poses (default: the child_frame_id "
+                   "of /odom); the camera's mount on it comes from /tf_static")
     p.add_argument("--checkpoint", help="model (.ckpt or .onnx); default: the built-in demo model")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -29,6 +29,7 @@ import numpy as np
 from selavpr_ros.config import check
 from selavpr_ros.geometry.camera import CameraModel
 from selavpr_ros.geometry.features import KeypointConfig
+from selavpr_ros.types import quaternion_to_rotation
 
 UNOBSERVED_VARIANCE = 1e6  # m^2 (or rad^2): "no information" in a covariance a back-end can still invert
 _MIN_SIGMA_PX = 0.25  # residual floor: a handful of perfect inliers must not claim infinite precision
@@ -119,14 +120,6 @@ def planar_pose(x: float, y: float, yaw: float, z: float = 0.0) -> np.ndarray:
     pose[:2, :2] = [[c, -s], [s, c]]
     pose[:3, 3] = (x, y, z)
     return pose
-
-
-def quaternion_to_rotation(q: tuple[float, float, float, float]) -> np.ndarray:
-    """Rotation matrix of a unit quaternion (x, y, z, w)."""
-    x, y, z, w = np.asarray(q, np.float64) / max(float(np.linalg.norm(q)), 1e-12)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
 def relative_from_poses(query: Any, match: Any, axes: str = "optical") -> tuple[np.ndarray, np.ndarray]:

@@ -54,6 +54,7 @@ class ConsistencyConfig:
 class LoopClosureConfig:
     mode: Literal["mapping", "localization"] = "mapping"
     session: str = "live"  # map session that mapping mode appends to
+    robot_id: int = 0  # robot of that session (the robot_from/robot_to of pose-graph edges)
     min_score: float = 0.5  # cosine of float descriptors (or 1 - 2 hamming / bits with binary only)
     min_local_matches: int = 0
     top_n: int = 3  # candidates reported per query
@@ -74,3 +75,4 @@ class LoopClosureConfig:
         check(self.min_local_matches >= 0, "min_local_matches must be >= 0")
         check(1 <= self.top_n <= self.retrieval.k, "top_n must be in [1, retrieval.k]")
         check(bool(self.session), "session must not be empty")
+        check(0 <= self.robot_id <= 2**31 - 1, "robot_id must be in [0, 2^31 - 1]")

@@ -62,6 +62,11 @@ class LoopCandidate:
     match_pose: Pose | None = None
     verification: Verification = Verification.NOT_RUN
     geometry: RelativePose | None = None  # outcome of the geometric stage, when it ran
+    match_slam_id: int | None = None  # the SLAM's id of the matched keyframe, when it gave one
+    match_robot_id: int = 0
+    query_slam_id: int | None = None
+    robot_id: int = 0  # of the query
+    match_frame_id: str = ""  # camera frame of the matched keyframe
 
     @property
     def relative_pose(self) -> RelativePose | None:
@@ -140,7 +145,7 @@ class LoopClosureEngine:
         self._verify_ms = 0.0
         self._session_id: int | None = None
         if self.config.mode == "mapping":
-            self._session_id = database.session_id(self.config.session)
+            self._session_id = database.session_id(self.config.session, robot_id=self.config.robot_id)
             self._resume()
 
     def _resume(self) -> None:
@@ -166,14 +171,18 @@ class LoopClosureEngine:
         return ~excluded if excluded.any() else None
 
     # -- main entry -----------------------------------------------------------------
-    def process(self, query: Descriptors, record: KeyframeRecord, view: QueryView | None = None) -> FrameResult:
+    def process(self, query: Descriptors, record: KeyframeRecord, view: QueryView | None = None,
+                gate: bool = True) -> FrameResult:
         """Handle one described frame (``query`` has one row); see the module docstring.
 
         ``view`` carries the frame's camera model and keypoints for the geometric stage.
+        ``gate=False`` makes the frame a keyframe whatever the gate says (a SLAM that
+        chose its own keyframes asks about each of them).
         """
         t0 = time.perf_counter()
         descriptor = query.descriptors[0]
-        reason = self.gate.check(record.stamp_ns, descriptor, record.pose)
+        record.robot_id = self.config.robot_id
+        reason = self.gate.check(record.stamp_ns, descriptor, record.pose) if gate else ""
         if reason:
             return FrameResult(record.stamp_ns, False, skipped_reason=reason)
         self.retriever.sync()
@@ -280,6 +289,11 @@ class LoopClosureEngine:
             status=status,
             reason=reason,
             match_pose=match.pose,
+            match_slam_id=match.slam_id,
+            query_slam_id=record.slam_id,
+            robot_id=record.robot_id,
+            match_robot_id=match.robot_id,
+            match_frame_id=match.frame_id,
         )
 
     def _excluded(self, query: Descriptors, allowed: np.ndarray, record: KeyframeRecord) -> list[LoopCandidate]:

@@ -80,7 +80,7 @@ CREATE TABLE IF NOT EXISTS keypoints (keyframe_id INTEGER PRIMARY KEY, data BLOB
 
 _KEYFRAME_COLUMNS = (
     "k.id, k.row, s.name, k.stamp_ns, k.frame_id, k.source, k.topic, k.image_ref, "
-    "k.px, k.py, k.pz, k.qx, k.qy, k.qz, k.qw, k.covariance, {pose_frame}, {camera}"
+    "k.px, k.py, k.pz, k.qx, k.qy, k.qz, k.qw, k.covariance, {pose_frame}, {camera}, {slam_id}, {robot_id}"
 )
 
 
@@ -264,13 +264,22 @@ class MapDatabase:
         if "camera_id" not in columns and self.writable:
             self._conn.execute("ALTER TABLE keyframes ADD COLUMN camera_id INTEGER")
             columns.add("camera_id")
+        if "slam_id" not in columns and self.writable:  # the SLAM's own keyframe id (pose-graph edges)
+            self._conn.execute("ALTER TABLE keyframes ADD COLUMN slam_id INTEGER")
+            columns.add("slam_id")
+        session_columns = {c[1] for c in self._conn.execute("PRAGMA table_info(sessions)")}
+        if "robot_id" not in session_columns and self.writable:
+            self._conn.execute("ALTER TABLE sessions ADD COLUMN robot_id INTEGER NOT NULL DEFAULT 0")
+            session_columns.add("robot_id")
         if self.writable:
             self._conn.executescript(_GEOMETRY_SCHEMA)
         tables = {t for (t,) in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         self._has_geometry = {"cameras", "keypoints"} <= tables and "camera_id" in columns
         self._cameras: dict[int, CameraModel] = {}
         self._columns = _KEYFRAME_COLUMNS.format(pose_frame="k.pose_frame" if "pose_frame" in columns else "''",
-                                                 camera="k.camera_id" if self._has_geometry else "NULL")
+                                                 camera="k.camera_id" if self._has_geometry else "NULL",
+                                                 slam_id="k.slam_id" if "slam_id" in columns else "NULL",
+                                                 robot_id="s.robot_id" if "robot_id" in session_columns else "0")
 
     @property
     def arrays(self) -> dict[str, RowArray]:
@@ -338,17 +347,25 @@ class MapDatabase:
         if not self.writable:
             raise MapError(f"{self.path}: map is open read-only")
 
-    def session_id(self, name: str, source: str = "") -> int:
-        """Id of session ``name``, created on first use."""
+    def session_id(self, name: str, source: str = "", robot_id: int = 0) -> int:
+        """Id of session ``name``, created on first use for robot ``robot_id``; a session belongs to one
+        robot, so naming it for another is refused."""
         self._require_writable()
         with self._mutex:
             if name not in self._sessions:
                 cur = self._conn.execute(
-                    "INSERT INTO sessions (name, source, created) VALUES (?, ?, ?)", (name, source, _now())
+                    "INSERT INTO sessions (name, source, created, robot_id) VALUES (?, ?, ?, ?)",
+                    (name, source, _now(), int(robot_id)),
                 )
                 rowid = cur.lastrowid
                 assert rowid is not None  # set by the INSERT just above
                 self._sessions[name] = int(rowid)
+                return self._sessions[name]
+            (owner,) = self._conn.execute("SELECT robot_id FROM sessions WHERE id = ?",
+                                          (self._sessions[name],)).fetchone()
+            if int(owner) != int(robot_id):
+                raise MapError(f"{self.path}: session {name!r} belongs to robot {owner}, not robot {robot_id}; "
+                               "give this robot a session of its own")
             return self._sessions[name]
 
     def _validate(self, desc: Descriptors, records: Sequence[KeyframeRecord]) -> None:
@@ -396,7 +413,7 @@ class MapDatabase:
         if not records:
             return []
         with self._mutex:
-            sid = self.session_id(session, records[0].source)
+            sid = self.session_id(session, records[0].source, records[0].robot_id)
             start = self.info.count
             ids = list(range(self._next_id, self._next_id + len(records)))
             rows_meta = np.zeros(len(records), ROW_META)
@@ -438,7 +455,7 @@ class MapDatabase:
             cov = np.asarray(p.covariance, "<f8").tobytes() if p is not None and p.covariance is not None else None
             values.append(
                 [kid, start + i, sid, int(r.stamp_ns), r.frame_id, r.source, r.topic, r.image_ref, *pos, *ori, cov,
-                 p.frame_id if p else "", None]
+                 p.frame_id if p else "", r.slam_id, None]
             )
         new_count = start + len(records)
         blobs = [(kid, kp.to_bytes()) for kid, kp in zip(ids, keypoints or ()) if kp is not None]
@@ -448,8 +465,8 @@ class MapDatabase:
                 row[-1] = self._camera_id(r.camera)
             self._conn.executemany(
                 "INSERT INTO keyframes (id, row, session_id, stamp_ns, frame_id, source, topic, image_ref, "
-                "px, py, pz, qx, qy, qz, qw, covariance, pose_frame, camera_id) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "px, py, pz, qx, qy, qz, qw, covariance, pose_frame, slam_id, camera_id) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 values,
             )
             self._conn.executemany("INSERT INTO keypoints (keyframe_id, data) VALUES (?, ?)", blobs)
@@ -714,7 +731,8 @@ class MapDatabase:
         return {int(k): Keypoints.from_bytes(bytes(b), f"{self.path}: keyframe {k}") for k, b in found}
 
     def _record(self, row: tuple) -> KeyframeRecord:
-        kid, r, session, stamp, frame_id, source, topic, image_ref, px, py, pz, qx, qy, qz, qw, cov, frame, cam = row
+        (kid, r, session, stamp, frame_id, source, topic, image_ref, px, py, pz, qx, qy, qz, qw, cov, frame, cam,
+         slam_id, robot_id) = row
         pose = None
         if px is not None:
             covariance = tuple(np.frombuffer(cov, "<f8").tolist()) if cov is not None else None
@@ -730,6 +748,8 @@ class MapDatabase:
             keyframe_id=kid,
             row=r,
             camera=self.camera(cam),
+            slam_id=None if slam_id is None else int(slam_id),
+            robot_id=int(robot_id),
         )
 
     def newest_keyframe(self, session: str) -> tuple[KeyframeRecord, np.ndarray] | None:

@@ -10,10 +10,11 @@ its own. Discovery follows ``ROS_AUTOMATIC_DISCOVERY_RANGE`` /
 ``ROS_LOCALHOST_ONLY`` as rmw_cyclonedds does.
 
 Topic names are those of the rclpy node, relative so that namespaces and
-remapping work: ``image``, ``camera_info`` (and ``depth``) in, ``loop_closures`` out, ``odom`` for
-``pose_source: odom``, ``/tf`` and ``/tf_static`` for ``pose_source: tf``.
+remapping work: ``image``, ``camera_info`` (and ``depth``) in, ``loop_closures`` and
+``loop_closure_edges`` (pose-graph edges of the accepted closures) out, ``odom`` for
+``pose_source: odom``, ``/tf`` and ``/tf_static`` for ``pose_source: tf`` or ``edges.base_frame``.
 
-Services (save map, set mode, reset) need the ROS 2 request/reply
+Services (save map, set mode, reset, query) need the ROS 2 request/reply
 conventions and are offered by the rclpy node; here the map is flushed on
 SIGINT/SIGTERM and the mode is a parameter.
 """
@@ -27,8 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from selavpr_ros.errors import ConfigError
-from selavpr_ros.node.live_poses import LiveOdometry, LiveTransforms, pose_lookup
-from selavpr_ros.node.pipeline import Frame, FrameOutcome, VPRPipeline, candidate_array_fields
+from selavpr_ros.node.live_poses import LiveOdometry, LiveTransforms, mount_lookup, pose_lookup
+from selavpr_ros.node.pipeline import Frame, FrameOutcome, VPRPipeline, candidate_array_fields, edges_message_fields
 from selavpr_ros.node.worker import LatestFrameWorker, diagnostic_status
 from selavpr_ros.transport.discovery import open_domain
 from selavpr_ros.transport.msgtypes import dds_topic, dds_type, message, to_dds
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
 CANDIDATES = "selavpr_ros/msg/LoopClosureCandidateArray"
+EDGES = "selavpr_ros/msg/PoseGraph"
 DIAGNOSTICS = "diagnostic_msgs/msg/DiagnosticArray"
 TF = "tf2_msgs/msg/TFMessage"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
@@ -112,6 +114,7 @@ class DDSNode:
         self.image_type = COMPRESSED if p["compressed"] else IMAGE
         self.image_topic = resolve("image", namespace, remaps)
         self.output_topic = resolve("loop_closures", namespace, remaps)
+        self.edges_topic = resolve("loop_closure_edges", namespace, remaps)
         self.published = 0
         self._closed = threading.Event()
 
@@ -128,11 +131,13 @@ class DDSNode:
 
         out_topic: Any = Topic(self.participant, dds_topic(self.output_topic), dds_type(CANDIDATES))
         self.writer = DataWriter(self.participant, out_topic, reliable_qos())
+        edges_topic: Any = Topic(self.participant, dds_topic(self.edges_topic), dds_type(EDGES))
+        self.edges_writer = DataWriter(self.participant, edges_topic, reliable_qos())
         diag_topic: Any = Topic(self.participant, dds_topic("/diagnostics"), dds_type(DIAGNOSTICS))
         self.diag_writer = DataWriter(self.participant, diag_topic, reliable_qos())
         self.worker = LatestFrameWorker(pipeline, self._publish)
 
-        self.transforms = LiveTransforms() if p["pose_source"] == "tf" else None
+        self.transforms = LiveTransforms() if p["pose_source"] == "tf" or p["edges.base_frame"] else None
         self.odometry = LiveOdometry() if p["pose_source"] == "odom" else None
         self._side_readers = []
         if self.transforms is not None:
@@ -146,6 +151,9 @@ class DDSNode:
             self._side_readers.append(reader("odom", ODOMETRY, reliable_qos(100),
                                              lambda r: self._take(r, odometry.add)))
         pipeline.pose_lookup = pose_lookup(p, self.transforms, self.odometry)
+        if p["edges.base_frame"]:
+            assert self.transforms is not None
+            pipeline.mount_lookup = mount_lookup(self.transforms, p["edges.base_frame"], float(p["pose.timeout_s"]))
         if p["depth"]:
             depths = pipeline.depths
             self._side_readers.append(reader("depth", IMAGE, sensor_qos(),
@@ -190,6 +198,8 @@ class DDSNode:
             return
         fields = candidate_array_fields(outcome, self.pipeline.map_id, self.pipeline.params["frame_id"])
         self.writer.write(to_dds(message(CANDIDATES, **fields), CANDIDATES))
+        if outcome.edges:
+            self.edges_writer.write(to_dds(message(EDGES, **edges_message_fields(outcome)), EDGES))
         self.published += 1
 
     def diagnostics_fields(self) -> dict[str, Any]:

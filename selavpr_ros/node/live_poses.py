@@ -119,6 +119,14 @@ class LiveTransforms:
             pos, rot = quat_rotate(q[None], pos[None])[0] + t, quat_mul(q[None], rot[None])[0]
         return path[-1], pos, rot
 
+    def is_static(self, frame: str, fixed_frame: str) -> bool:
+        """Whether every transform between the two frames is a ``/tf_static`` one."""
+        with self._cond:
+            a = root_path(frame.lstrip("/"), self._parents)
+            b = root_path(fixed_frame.lstrip("/"), self._parents)
+        common = set(a) & set(b)
+        return not any(f in self._dynamic for f in [*a, *b] if f not in common)
+
     def lookup(self, fixed_frame: str, frame: str, stamp: int, timeout_s: float = 0.0,
                max_gap_s: float = 0.5) -> Pose | None:
         """Pose of ``frame`` in ``fixed_frame`` at ``stamp``; waits up to ``timeout_s`` for late samples."""
@@ -171,6 +179,25 @@ class LiveOdometry:
             return None
         pos, rot, cov = got
         return Pose(tuple(float(v) for v in pos), tuple(float(v) for v in rot), cov, self.frame_id)  # type: ignore[arg-type]
+
+
+def mount_lookup(transforms: LiveTransforms, base_frame: str, timeout_s: float = 0.0):
+    """The pipeline's ``mount_lookup``: a camera frame's 4 x 4 pose in ``base_frame`` (None when TF does not
+    connect them within ``timeout_s``); a static mount is looked up once."""
+    cache: dict[str, np.ndarray] = {}
+
+    def lookup(camera_frame: str, stamp: int) -> np.ndarray | None:
+        if camera_frame in cache:
+            return cache[camera_frame]
+        pose = transforms.lookup(base_frame, camera_frame, stamp, timeout_s)
+        if pose is None:
+            return None
+        mount = pose.matrix()
+        if transforms.is_static(camera_frame, base_frame):
+            cache[camera_frame] = mount
+        return mount
+
+    return lookup
 
 
 def pose_lookup(params: dict[str, Any], transforms: LiveTransforms | None, odometry: LiveOdometry | None):

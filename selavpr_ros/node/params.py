@@ -19,6 +19,7 @@ import yaml
 from selavpr_ros.config import from_dict, load_yaml
 from selavpr_ros.errors import ConfigError
 from selavpr_ros.loop_closure.config import LoopClosureConfig
+from selavpr_ros.loop_closure.edges import EdgeConfig
 from selavpr_ros.retrieval.config import parse_stages
 
 NODE_NAME = "vpr_node"
@@ -51,6 +52,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("mode", "mapping", "mapping: add keyframes and find loops with the robot's own past; "
               "localization: query the map read-only", choices=("mapping", "localization")),
     ParamSpec("session", "live", "Map session that mapping mode appends to"),
+    ParamSpec("robot_id", 0, "Robot of this node's map session: robot_from of the pose-graph edges it publishes "
+              "(multi-robot graphs); a session belongs to one robot", 0, 2**31 - 1),
     ParamSpec("frame_id", "", "Camera frame for the candidates' header; empty = the image's frame_id"),
     ParamSpec("snapshot_dir", "", "Folder of the copies ~/save_map makes (a name in the request picks the copy); "
               "empty = '<map_path>.snapshots' beside the map", read_only=True),
@@ -109,6 +112,13 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("depth", False, "Subscribe to a depth image registered to the camera on the 'depth' topic (REP 118: "
               "16UC1 mm or 32FC1 m, stamped like the images): new keyframes' keypoints get depth, so verified loops "
               "against them carry a metric 6-DoF pose (PnP)", read_only=True),
+    ParamSpec("edges.base_frame", "", "Express published pose-graph edges between the robot frames carrying the "
+              "cameras (this frame, e.g. base_link; camera mounts from TF) instead of the camera optical frames",
+              read_only=True),
+    ParamSpec("edges.same_place_sigma_m", 0.0, "Publish accepted closures without a verified relative pose as "
+              "'same place' edges with this position sigma (m); 0 = only verified closures become edges",
+              0.0, 1000.0),
+    ParamSpec("edges.same_place_sigma_deg", 5.0, "Rotation sigma of 'same place' edges (deg)", 0.01, 180.0),
     ParamSpec("camera_info.max_age_s", 1.0, "Use the newest CameraInfo up to this far from the image stamp when "
               "none has the image's exact stamp (s)", 0.0, 3600.0),
 )
@@ -136,12 +146,20 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
     for name, value in values.items():
         out[name] = _check_value(SPECS[name], value)
     loop_closure_config(out)  # cross-field checks (e.g. top_n <= k)
+    edge_config(out)
     return out
+
+
+def edge_config(values: dict[str, Any]) -> EdgeConfig:
+    """How accepted closures become pose-graph edges, from flat parameter values."""
+    return EdgeConfig(base_frame=values["edges.base_frame"].lstrip("/"),
+                      same_place_sigma_m=values["edges.same_place_sigma_m"],
+                      same_place_sigma_deg=values["edges.same_place_sigma_deg"])
 
 
 def loop_closure_config(values: dict[str, Any]) -> LoopClosureConfig:
     """The engine's config from flat parameter values."""
-    tree: dict[str, Any] = {"mode": values["mode"], "session": values["session"]}
+    tree: dict[str, Any] = {"mode": values["mode"], "session": values["session"], "robot_id": values["robot_id"]}
     for name, value in values.items():
         if name.startswith("loop_closure."):
             node = tree

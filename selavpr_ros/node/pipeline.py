@@ -23,13 +23,14 @@ from selavpr_ros.geometry.features import detect
 from selavpr_ros.inference.base import Extractor
 from selavpr_ros.inference.loader import open_extractor
 from selavpr_ros.loop_closure.config import LoopClosureConfig
+from selavpr_ros.loop_closure.edges import PoseGraphEdge, closure_edges, pose_graph_fields
 from selavpr_ros.loop_closure.engine import FrameResult, LoopCandidate, LoopClosureEngine
 from selavpr_ros.mapdb.database import DB_NAME, MapDatabase
 from selavpr_ros.models.zoo import resolve_checkpoint
-from selavpr_ros.node.params import loop_closure_config
+from selavpr_ros.node.params import edge_config, loop_closure_config
 from selavpr_ros.retrieval.verification import QueryView
 from selavpr_ros.transport.image_decoding import check_string_field, decode_any, decode_depth, shown
-from selavpr_ros.types import KeyframeRecord, Pose, header_fields, ns_to_stamp
+from selavpr_ros.types import KeyframeRecord, Pose, header_fields, ns_to_stamp, stamp_ns
 
 SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
@@ -81,6 +82,7 @@ class Frame:
     camera: CameraModel | None = None  # from the CameraInfo matched to the image
     camera_problem: str = ""  # why there is no camera model (shown in the candidates' reason, counted)
     depth: np.ndarray | None = None  # (H, W) metres, registered to the image
+    slam_id: int | None = None  # the SLAM's id of this keyframe (the ~/query service), stored with it
 
 
 @dataclass
@@ -88,6 +90,14 @@ class FrameOutcome:
     frame: Frame
     result: FrameResult
     timings_ms: dict[str, float]
+    edges: list[PoseGraphEdge] = field(default_factory=list)  # the accepted closures as pose-graph edges
+
+    @property
+    def query_key(self) -> int:
+        """The query's pose-graph key: the SLAM's id, else its map keyframe id, else its stamp (ns)."""
+        if self.frame.slam_id is not None:
+            return self.frame.slam_id
+        return self.result.keyframe_id if self.result.keyframe_id >= 0 else self.frame.stamp_ns
 
 
 def open_map(path: str | Path, extractor: Extractor, mode: str, storage=None) -> MapDatabase:
@@ -165,6 +175,8 @@ class VPRPipeline:
 
     ``pose_lookup(frame)``, when set by a transport, gives the pose of a frame
     that arrived without one (from TF or odometry); it may wait briefly.
+    ``mount_lookup(camera_frame, stamp)``, set by a transport when
+    ``edges.base_frame`` is, gives a camera's pose in that frame (from TF).
     """
 
     def __init__(self, params: dict[str, Any], extractor: Extractor | None = None) -> None:
@@ -182,6 +194,10 @@ class VPRPipeline:
         self.depths = DepthBuffer()  # fed by the transport's depth subscription (parameter depth)
         self.stamps = StampGuard(int(float(params["max_stamp_jump_s"]) * 1e9))
         self.pose_lookup: Callable[[Frame], Pose | None] | None = None
+        self.mount_lookup: Callable[[str, int], np.ndarray | None] | None = None
+        self.edges_published = 0  # edges built from accepted closures
+        self.edges_skipped = 0  # accepted closures left without an edge (no camera mount in TF)
+        self.last_edge_problem = ""
         self._copying = threading.Lock()
 
     @property
@@ -214,17 +230,19 @@ class VPRPipeline:
         self.db.close()
 
     # -- frames ----------------------------------------------------------------------
-    def process(self, frame: Frame) -> FrameOutcome:
+    def process(self, frame: Frame, gate: bool = True) -> FrameOutcome:
         """Decode, describe and judge one frame; raises ImageError for a bad frame.
 
         The pixel budget is checked on the message header, before any decoding.
+        ``gate=False``: the frame is a keyframe whatever the keyframe gate says.
         """
         t0 = time.perf_counter()
         rgb = decode_any(frame.msg, max_pixels=int(self.params["max_image_pixels"]))
         t1 = time.perf_counter()
-        return self.process_rgb(rgb, frame, {"decode": (t1 - t0) * 1000})
+        return self.process_rgb(rgb, frame, {"decode": (t1 - t0) * 1000}, gate)
 
-    def process_rgb(self, rgb: np.ndarray, frame: Frame, timings: dict[str, float] | None = None) -> FrameOutcome:
+    def process_rgb(self, rgb: np.ndarray, frame: Frame, timings: dict[str, float] | None = None,
+                    gate: bool = True) -> FrameOutcome:
         timings = dict(timings or {})
         frame.frame_id = check_string_field("frame_id", frame.frame_id)  # stored per keyframe: bounded
         with self.lock:
@@ -259,16 +277,41 @@ class VPRPipeline:
         view = self.query_view(rgb, frame, None if desc.local_features is None else desc.local_features[0])
         t3 = time.perf_counter()
         record = KeyframeRecord(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, source=frame.source,
-                                topic=frame.topic, pose=frame.pose, camera=frame.camera)
+                                topic=frame.topic, pose=frame.pose, camera=frame.camera, slam_id=frame.slam_id)
         with self.lock:
-            result = self.engine.process(desc, record, view)
+            result = self.engine.process(desc, record, view, gate)
         timings["describe"] = (t2 - t1) * 1000
         if view is not None:
             timings["keypoints"] = (t3 - t2) * 1000
         timings.update({f"retrieval.{k}": v for k, v in result.timings_ms.items()})
         timings["total"] = sum(v for k, v in timings.items() if k in ("decode", "describe", "keypoints")) + \
             result.timings_ms.get("total", 0.0)
-        return FrameOutcome(frame, result, timings)
+        outcome = FrameOutcome(frame, result, timings)
+        if result.accepted:
+            self._add_edges(outcome)
+        return outcome
+
+    def _add_edges(self, outcome: FrameOutcome) -> None:
+        frame, mounts = outcome.frame, self.mount_lookup
+        outcome.edges, problem = closure_edges(
+            outcome.result.accepted, outcome.query_key, int(self.params["robot_id"]), frame.stamp_ns,
+            self.params["frame_id"] or frame.frame_id, edge_config(self.params),
+            None if mounts is None else lambda camera_frame: mounts(camera_frame, frame.stamp_ns))
+        self.edges_published += len(outcome.edges)
+        if problem:
+            self.edges_skipped += 1
+            self.last_edge_problem = problem
+
+    def query(self, msg: Any, slam_id: int | None = None, camera_info: Any = None,
+              topic: str = "query") -> FrameOutcome:
+        """One image the caller chose (a SLAM keyframe), whatever the keyframe gate says: the ``~/query``
+        service. ``slam_id`` is stored with it in mapping mode and keys its edges; a ``camera_info`` with a
+        non-zero K is its camera model (else the camera_info topic's)."""
+        stamp = stamp_ns(msg.header)
+        if camera_info is not None and any(float(v) for v in camera_info.k):
+            self.cameras.add(stamp, camera_info)
+        frame = Frame(msg, stamp, str(msg.header.frame_id), source="query", topic=topic, slam_id=slam_id)
+        return self.process(frame, gate=False)
 
     # -- services --------------------------------------------------------------------
     def set_mode(self, mode: str) -> str:
@@ -389,7 +432,17 @@ def candidate_fields(c: LoopCandidate, map_id: str) -> dict[str, Any]:
         "relative_pose_model": rp.model if rp is not None else "",
         "inlier_count": int(c.geometry.inliers) if c.geometry is not None and not c.geometry.skipped else -1,
         "inlier_ratio": float(c.geometry.inlier_ratio) if c.geometry is not None else 0.0,
+        "robot_id": int(c.robot_id),
+        "match_robot_id": int(c.match_robot_id),
+        "query_slam_id": -1 if c.query_slam_id is None else int(c.query_slam_id),
+        "match_slam_id": -1 if c.match_slam_id is None else int(c.match_slam_id),
     }
+
+
+def edges_message_fields(outcome: FrameOutcome) -> dict[str, Any]:
+    """Fields of the ``selavpr_ros/PoseGraph`` published for one processed frame (its edges)."""
+    frame_id = outcome.edges[0].frame_id if outcome.edges else outcome.frame.frame_id
+    return pose_graph_fields(outcome.edges, outcome.frame.stamp_ns, frame_id)
 
 
 def candidate_array_fields(outcome: FrameOutcome, map_id: str, frame_id: str = "") -> dict[str, Any]:

@@ -94,6 +94,12 @@ class LatestFrameWorker:
             self._pending = frame
             self._cond.notify()
 
+    def record(self, outcome: FrameOutcome, latency_ms: float) -> None:
+        """Count a frame processed outside the worker (the ~/query service)."""
+        with self._cond:
+            self.stats.received += 1
+            self.stats.record(outcome, latency_ms)
+
     def count_bad(self, error: Exception) -> None:
         """A frame that failed before reaching the worker (e.g. unreadable message)."""
         with self._cond:
@@ -112,6 +118,9 @@ class LatestFrameWorker:
         out["last_geometry_skip"] = self.pipeline.last_geometry_skip
         out["depth_received"] = self.pipeline.depths.received
         out["depth_errors"] = self.pipeline.depths.errors
+        out["edges_published"] = self.pipeline.edges_published
+        out["edges_skipped"] = self.pipeline.edges_skipped
+        out["last_edge_problem"] = self.pipeline.last_edge_problem
         return out
 
     def _run(self) -> None:
@@ -171,10 +180,14 @@ def diagnostic_status(snapshot: dict, map_size: int, mode: str, name: str = "vpr
     last_error = clip(str(s.pop("last_error", "")))
     alive = bool(s.pop("worker_alive", True))
     geometry_skip = clip(str(s.pop("last_geometry_skip", "")))
+    edge_problem = clip(str(s.pop("last_edge_problem", "")))
     level, message = 0, f"{mode}: {s['processed']} frames, {map_size} keyframes in the map"
     if s.get("geometry_skipped"):
         level = 1
         message = f"{s['geometry_skipped']} frame(s) not verified geometrically: {geometry_skip}"
+    if s.get("edges_skipped"):
+        level = 1
+        message = f"{s['edges_skipped']} accepted closure(s) without an edge: {edge_problem}"
     if s["bad_frames"] or s["publish_errors"]:
         level = 1
         message = f"{s['bad_frames']} bad frame(s), {s['publish_errors']} failed publish(es); last: {last_error}"

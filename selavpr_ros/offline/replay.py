@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from selavpr_ros.bags.poses import load_pose_track
+from selavpr_ros.bags.poses import TFMESSAGE, load_pose_track
 from selavpr_ros.bags.reader import (
     StampedLookup,
     camera_info_topic,
@@ -27,12 +27,20 @@ from selavpr_ros.bags.reader import (
     load_camera_track,
     open_bags,
 )
-from selavpr_ros.bags.writer import write_messages
-from selavpr_ros.errors import ImageError
-from selavpr_ros.node.pipeline import Frame, FrameOutcome, VPRPipeline, candidate_array_fields
+from selavpr_ros.bags.writer import write_topics
+from selavpr_ros.errors import BagError, ImageError
+from selavpr_ros.node.live_poses import LiveTransforms, mount_lookup
+from selavpr_ros.node.pipeline import (
+    Frame,
+    FrameOutcome,
+    VPRPipeline,
+    candidate_array_fields,
+    edges_message_fields,
+)
 from selavpr_ros.transport.msgtypes import message
 
 CANDIDATES = "selavpr_ros/msg/LoopClosureCandidateArray"
+EDGES = "selavpr_ros/msg/PoseGraph"
 
 
 @dataclass
@@ -52,15 +60,30 @@ class ReplayResult:
         return {k: float(np.median([o.timings_ms[k] for o in self.queries if k in o.timings_ms])) for k in keys}
 
 
+def static_transforms(reader, topic: str = "/tf_static") -> LiveTransforms:
+    """Every transform of a bag's ``/tf_static`` (camera mounts), as the node's TF buffer."""
+    transforms = LiveTransforms()
+    conns = [c for c in reader.connections if c.topic == topic]
+    wrong = sorted({c.msgtype for c in conns if c.msgtype != TFMESSAGE})
+    if wrong:
+        raise BagError(f"topic '{topic}' has type {', '.join(wrong)}, not {TFMESSAGE}")
+    for conn, _, raw in reader.messages(connections=conns):
+        transforms.add(reader.deserialize(raw, conn.msgtype), static=True)
+    return transforms
+
+
 def replay(bag: str | Path, image_topic: str, pipeline: VPRPipeline, progress: bool = True,
            camera_info: str | None = "", pose_topic: str | None = None, depth_topic: str | None = None,
            max_pose_gap_s: float = 0.5) -> ReplayResult:
     """Every image of ``image_topic`` through ``pipeline``; CameraInfo from ``camera_info``
     ("" = the topic beside the images, None = none); with ``pose_topic`` each frame gets the pose
     interpolated at its stamp, with ``depth_topic`` its registered depth image (fed to the pipeline's
-    depth buffer, as the node's depth subscription does)."""
+    depth buffer, as the node's depth subscription does). With ``edges.base_frame`` set, the camera
+    mounts for the pose-graph edges come from the bag's ``/tf_static``."""
     result = ReplayResult()
     with open_bags([bag]) as reader:
+        if pipeline.params["edges.base_frame"] and pipeline.mount_lookup is None:
+            pipeline.mount_lookup = mount_lookup(static_transforms(reader), pipeline.params["edges.base_frame"])
         total = sum(c.msgcount for c in image_connections(reader, image_topic))
         cameras = None
         if camera_info is not None:
@@ -118,7 +141,8 @@ def _geometry_dict(c) -> dict[str, Any]:
 
 
 def write_outputs(result: ReplayResult, pipeline: VPRPipeline, json_path: Path | None = None,
-                  csv_path: Path | None = None, bag_path: Path | None = None, topic: str = "/loop_closures") -> None:
+                  csv_path: Path | None = None, bag_path: Path | None = None, topic: str = "/loop_closures",
+                  edges_topic: str = "/loop_closure_edges") -> None:
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps([outcome_dict(o) for o in result.queries], indent=1))
@@ -136,4 +160,6 @@ def write_outputs(result: ReplayResult, pipeline: VPRPipeline, json_path: Path |
     if bag_path:
         msgs = [(t, message(CANDIDATES, **candidate_array_fields(o, pipeline.map_id)))
                 for o, t in zip(result.outcomes, result.bag_times) if o.result.is_keyframe]
-        write_messages(bag_path, topic, CANDIDATES, msgs)
+        edges = [(t, message(EDGES, **edges_message_fields(o)))
+                 for o, t in zip(result.outcomes, result.bag_times) if o.edges]
+        write_topics(bag_path, [(topic, CANDIDATES, msgs), (edges_topic, EDGES, edges)])

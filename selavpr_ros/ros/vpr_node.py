@@ -5,9 +5,11 @@ maps parameters, topics and services onto it. Run with
 ``ros2 launch selavpr_ros vpr.launch.py`` or ``ros2 run selavpr_ros vpr_node``.
 
 Topics are relative names, so namespaces and remapping work as usual:
-``image`` (sensor_msgs/Image or CompressedImage) and ``camera_info`` in, ``loop_closures`` out,
-``odom`` for ``pose_source: odom``; TF comes from tf2_ros where installed,
-else from ``/tf`` and ``/tf_static`` through the package's own TF buffer.
+``image`` (sensor_msgs/Image or CompressedImage) and ``camera_info`` in, ``loop_closures`` and
+``loop_closure_edges`` (pose-graph edges) out, ``odom`` for ``pose_source: odom``; TF (poses, and
+camera mounts for ``edges.base_frame``) comes from tf2_ros where installed, else from ``/tf`` and
+``/tf_static`` through the package's own TF buffer. The ``~/query`` service takes a SLAM's own
+keyframe (image + its id) and answers with candidates and edges.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 import rclpy
@@ -38,12 +41,18 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 
 from selavpr_ros.errors import SelaVPRError
-from selavpr_ros.msg import LoopClosureCandidate, LoopClosureCandidateArray
-from selavpr_ros.node.live_poses import LiveOdometry, LiveTransforms, pose_lookup
+from selavpr_ros.msg import LoopClosureCandidate, LoopClosureCandidateArray, PoseGraph, PoseGraphEdge
+from selavpr_ros.node.live_poses import LiveOdometry, LiveTransforms, mount_lookup, pose_lookup
 from selavpr_ros.node.params import PARAMS, SPECS, validate
-from selavpr_ros.node.pipeline import Frame, FrameOutcome, VPRPipeline, candidate_array_fields
-from selavpr_ros.node.worker import LatestFrameWorker, diagnostic_status
-from selavpr_ros.srv import SaveMap, SetMode
+from selavpr_ros.node.pipeline import (
+    Frame,
+    FrameOutcome,
+    VPRPipeline,
+    candidate_array_fields,
+    edges_message_fields,
+)
+from selavpr_ros.node.worker import LatestFrameWorker, clip, diagnostic_status
+from selavpr_ros.srv import QueryPlace, SaveMap, SetMode
 from selavpr_ros.types import Pose, stamp_ns
 
 try:  # message class of /tf, and tf2_ros where the install has it
@@ -106,12 +115,14 @@ class VPRNode(Node):
                                  qos_profile_sensor_data)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.publisher = self.create_publisher(LoopClosureCandidateArray, "loop_closures", reliable)
+        self.edges_publisher = self.create_publisher(PoseGraph, "loop_closure_edges", reliable)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(params["diagnostics_period_s"], self._diagnostics)
         services = MutuallyExclusiveCallbackGroup()  # a map copy never stalls images or diagnostics
         self.create_service(SaveMap, "~/save_map", self._save_map, callback_group=services)
         self.create_service(SetMode, "~/set_mode", self._set_mode, callback_group=services)
         self.create_service(Trigger, "~/reset", self._reset, callback_group=services)
+        self.create_service(QueryPlace, "~/query", self._query, callback_group=MutuallyExclusiveCallbackGroup())
         self._setup_poses(params)
         self.get_logger().info(
             f"{params['mode']} on {self.resolve_topic_name('image')} with map {self.pipeline.map_path} "
@@ -137,22 +148,29 @@ class VPRNode(Node):
     def _setup_poses(self, params: dict[str, Any]) -> None:
         transforms = odometry = None
         self.tf_buffer = None
-        if params["pose_source"] == "tf" and tf2_ros is not None:
+        wants_tf = params["pose_source"] == "tf" or bool(params["edges.base_frame"])
+        if wants_tf and tf2_ros is not None:
             self.tf_buffer = tf2_ros.Buffer()
             self.tf_listener = tf2_ros.TransformListener(self.tf_buffer, self)
-            self.pipeline.pose_lookup = self._tf2_pose
-            return
-        if params["pose_source"] == "tf":  # no tf2_ros: the package's buffer, fed by /tf and /tf_static
+            if params["edges.base_frame"]:
+                self.pipeline.mount_lookup = self._tf2_mount
+        elif wants_tf:  # no tf2_ros: the package's buffer, fed by /tf and /tf_static
             transforms = LiveTransforms()
             latched = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL)
             self.create_subscription(TFMessage, "/tf", transforms.add, QoSProfile(depth=100))
             self.create_subscription(TFMessage, "/tf_static", lambda m: transforms.add(m, static=True), latched)
-        elif params["pose_source"] == "odom":
+            if params["edges.base_frame"]:
+                self.pipeline.mount_lookup = mount_lookup(transforms, params["edges.base_frame"],
+                                                          params["pose.timeout_s"])
+        if params["pose_source"] == "odom":
             odometry = LiveOdometry()
             self.create_subscription(Odometry, "odom", odometry.add, QoSProfile(depth=100))
         self.transforms, self.odometry = transforms, odometry
-        self.pipeline.pose_lookup = pose_lookup(params, transforms, odometry)
+        if params["pose_source"] == "tf" and self.tf_buffer is not None:
+            self.pipeline.pose_lookup = self._tf2_pose
+        else:
+            self.pipeline.pose_lookup = pose_lookup(params, transforms, odometry)
 
     def _tf2_pose(self, frame: Frame) -> Pose | None:
         p = self.pipeline.params
@@ -165,6 +183,18 @@ class VPRNode(Node):
             return None
         tr, ro = t.transform.translation, t.transform.rotation
         return Pose((tr.x, tr.y, tr.z), (ro.x, ro.y, ro.z, ro.w), None, p["pose.fixed_frame"].lstrip("/"))
+
+    def _tf2_mount(self, camera_frame: str, stamp: int):
+        """A camera frame's pose in edges.base_frame (the newest transform: mounts are static)."""
+        p = self.pipeline.params
+        assert self.tf_buffer is not None
+        try:
+            t = self.tf_buffer.lookup_transform(p["edges.base_frame"].lstrip("/"), camera_frame, rclpy.time.Time(),
+                                                rclpy.duration.Duration(seconds=p["pose.timeout_s"]))
+        except Exception:  # noqa: BLE001 - tf2's lookup errors: no mount, counted by the pipeline
+            return None
+        tr, ro = t.transform.translation, t.transform.rotation
+        return Pose((tr.x, tr.y, tr.z), (ro.x, ro.y, ro.z, ro.w)).matrix()
 
     # -- frames -----------------------------------------------------------------------
     def _on_image(self, msg) -> None:
@@ -183,6 +213,12 @@ class VPRNode(Node):
         _fill(out.header, fields["header"])
         out.candidates = [_fill(LoopClosureCandidate(), c) for c in fields["candidates"]]
         self.publisher.publish(out)
+        if outcome.edges:
+            graph = edges_message_fields(outcome)
+            msg = PoseGraph()
+            _fill(msg.header, graph["header"])
+            msg.edges = [_fill(PoseGraphEdge(), e) for e in graph["edges"]]
+            self.edges_publisher.publish(msg)
 
     def _diagnostics(self) -> None:
         fields = diagnostic_status(self.worker.snapshot(), self.pipeline.db.count, self.pipeline.params["mode"])
@@ -255,6 +291,28 @@ class VPRNode(Node):
     def _reset(self, request, response):
         return self._service(response, self.pipeline.reset)
 
+    def _query(self, request, response):
+        """``~/query``: the caller's keyframe through the pipeline; answers with candidates and edges."""
+        image = request.image if len(request.image.data) else request.compressed_image
+        slam_id = None if request.keyframe_id < 0 else int(request.keyframe_id)
+        start = time.monotonic()
+        try:
+            outcome = self.pipeline.query(image, slam_id, request.camera_info, self.resolve_service_name("~/query"))
+        except (SelaVPRError, ValueError) as exc:  # a bad image is this request's problem, not the node's
+            self.worker.count_bad(exc)
+            response.success, response.message = False, clip(str(exc))
+            return response
+        self.worker.record(outcome, (time.monotonic() - start) * 1000)
+        fields = candidate_array_fields(outcome, self.pipeline.map_id, self.pipeline.params["frame_id"])
+        response.candidates = [_fill(LoopClosureCandidate(), c) for c in fields["candidates"]]
+        response.edges = [_fill(PoseGraphEdge(), e) for e in edges_message_fields(outcome)["edges"]]
+        response.success = True
+        stored = f"stored as keyframe {outcome.result.keyframe_id}" if outcome.result.keyframe_id >= 0 else "not stored"
+        response.message = (f"{len(outcome.result.accepted)} accepted of {len(outcome.result.candidates)} candidates, "
+                            f"{len(outcome.edges)} edges; {stored}")
+        self._publish(outcome)
+        return response
+
     def shutdown(self) -> None:
         """Finish the frame in progress, flush the map, close it."""
         self.worker.stop()
@@ -271,7 +329,7 @@ def main(args: list[str] | None = None) -> int:
         print(f"vpr_node: error: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 1
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = MultiThreadedExecutor(num_threads=3)  # images, services, the ~/query service
     executor.add_node(node)
     try:
         executor.spin()

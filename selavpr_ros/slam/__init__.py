@@ -1,12 +1,10 @@
-"""Pose graphs from odometry and loop closures (GTSAM) and trajectory scores (evo): ``slam-eval``."""
+"""Pose graphs from odometry and published loop-closure edges (GTSAM) and trajectory scores (evo): ``slam-eval``."""
 
 from selavpr_ros._lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
-    "Closure": "selavpr_ros.slam.evaluate",
     "Edge": "selavpr_ros.slam.pose_graph",
     "SlamResult": "selavpr_ros.slam.evaluate",
     "optimise": "selavpr_ros.slam.pose_graph",
     "slam_eval": "selavpr_ros.slam.evaluate",
-    "to_gtsam_covariance": "selavpr_ros.slam.pose_graph",
 })

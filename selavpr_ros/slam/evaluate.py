@@ -1,22 +1,28 @@
 """``slam-eval``: what selavpr_ros loop closures do to a SLAM trajectory, end to end.
 
-A recorded session (a simulated one by default) is run through the node's
-pipeline in mapping mode, frame by frame, with the odometry pose at each
-image stamp, its CameraInfo and (for metric closures) its depth image. The
-accepted loop closures become pose-graph edges beside the odometry edges;
-GTSAM optimises the graph with a Huber kernel on the loops; evo scores the
-odometry-only and the optimised trajectories against the ground truth
-(ATE RMSE after SE(3) alignment, RPE over 10 keyframes).
+Each recorded session (simulated by default) runs through the node's
+pipeline in mapping mode (``replay``: every image with the odometry pose at
+its stamp, its CameraInfo and, for metric closures, its depth image), into
+one map: session A first, then session B (another robot id, or a later
+visit) which also finds its place in A's keyframes. The back-end then does
+what a SLAM user's back-end does with the node's output and nothing else: it
+takes the **published pose-graph edges** (:class:`PoseGraphEdge`: keys,
+robot ids, relative pose of the robot frames, covariance in GTSAM order) as
+they are, adds each session's odometry chain, anchors session B by its
+first edge into A, and optimises with GTSAM (Huber kernel on the loops).
+evo scores every trajectory against the ground truth: ATE RMSE after SE(3)
+alignment (per session, and of A and B together under one alignment, which
+shows whether B was put in the right place) and RPE over 10 keyframes.
 
-With the geometric stage off, a closure carries no relative pose; it enters
-the graph as "the two keyframes are at the same place" with a covariance of
-1 m and 5 degrees, which is what a back-end can do with place recognition
+With the geometric stage off a closure has no relative pose; the node then
+publishes it only as a "same place" edge (``edges.same_place_sigma_m``): 1 m
+and 5 degrees here, which is what a back-end can do with place recognition
 alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,108 +30,131 @@ import numpy as np
 
 from selavpr_ros.errors import BagError
 from selavpr_ros.geometry.estimation import RelativePose, planar_pose, pose_errors
-from selavpr_ros.slam.pose_graph import Edge, conjugate, odometry_edges, optimise, to_gtsam_covariance
+from selavpr_ros.loop_closure.edges import PoseGraphEdge
+from selavpr_ros.slam.pose_graph import Edge, odometry_edges, optimise
 from selavpr_ros.types import Pose
 
-UNVERIFIED_SIGMA = (np.radians(5.0), 1.0)  # rad, m: a closure without a relative pose
+IMAGE, CAMERA_INFO, DEPTH, ODOM = "/camera/image_raw", "/camera/camera_info", "/camera/depth", "/odom"
+ROBOT_BITS = 40  # graph key = robot_id << ROBOT_BITS | keyframe key (as Kimera-Multi prefixes keys per robot)
+
+
+def graph_key(robot_id: int, key: int) -> int:
+    return (int(robot_id) << ROBOT_BITS) | int(key)
 
 
 @dataclass
-class Closure:
-    query: int  # keyframe index
-    match: int
-    transform: np.ndarray | None  # camera of ``match`` in the camera of ``query`` (verified), else None
-    covariance: np.ndarray | None  # ROS order, package convention
-    metric: bool = False
+class SessionTrack:
+    """What one session contributed: its keyframes (map ids), their odometry and true base poses."""
+
+    name: str
+    robot_id: int
+    keyframe_ids: list[int]
+    stamps: np.ndarray
+    odometry: np.ndarray  # (N, 3) x, y, yaw of the base in the session's odometry frame
+    truth: np.ndarray  # (N, 3) x, y, yaw of the base in the world
+
+    def graph_keys(self) -> list[int]:
+        return [graph_key(self.robot_id, k) for k in self.keyframe_ids]
+
+
+@dataclass
+class LoopEdge:
+    """A published edge and what the ground truth says of it."""
+
+    edge: PoseGraphEdge
+    session: str  # of the query
+    inter_session: bool
     false: bool = False
 
 
 @dataclass
 class SlamResult:
     stages: str
-    keyframes: int
-    closures: int
-    false_closures: int
-    metric_closures: int
-    ate_odometry_m: float
-    ate_optimised_m: float
-    rpe_odometry_m: float
-    rpe_optimised_m: float
-    optimised: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 4, 4)))
+    sessions: dict[str, dict[str, Any]]  # per session: keyframes, closures, false, metric, ATE/RPE
+    joint_ate_optimised_m: float | None  # every session under one alignment (None: B was not relocalised)
+    relocalised: bool
+    optimised: dict[str, np.ndarray] = field(repr=False, default_factory=dict)  # session -> (N, 4, 4)
 
 
-def run_pipeline(bag: Path, map_dir: Path, stages: str, extractor, params: dict[str, Any] | None = None,
-                 progress: bool = True) -> tuple[np.ndarray, np.ndarray, list[Closure]]:
-    """Keyframe stamps, their odometry poses (N x (x, y, yaw)) and the accepted closures of one session."""
+def bag_frames(bag: Path, base_frame: str = "") -> tuple[str, str, np.ndarray]:
+    """(camera frame, base frame, camera mount: 4 x 4 pose of the camera in the base) of a session bag.
+
+    The base frame is the odometry's ``child_frame_id`` unless given; the mount comes from ``/tf_static``.
+    Missing topics and a camera TF does not connect to the odometry's frame are errors naming them.
+    """
+    from selavpr_ros.bags.poses import load_pose_track
+    from selavpr_ros.bags.reader import iter_images, open_bags, topic_summary
+    from selavpr_ros.offline.replay import static_transforms
+
+    with open_bags([bag]) as reader:
+        topics = topic_summary(reader)
+        for topic, what in ((IMAGE, "images"), (CAMERA_INFO, "the camera model (sensor_msgs/CameraInfo)"),
+                            (ODOM, "odometry (nav_msgs/Odometry)")):
+            if topic not in topics:
+                raise BagError(f"{bag}: no {topic} topic; slam-eval needs {what} (topics: {', '.join(sorted(topics))})")
+        odom = load_pose_track(reader, ODOM)
+        base = base_frame.lstrip("/") or odom.child_frame_id
+        if not base:
+            raise BagError(f"{bag}: {ODOM} names no child_frame_id; give the robot frame with --base-frame")
+        camera = next(iter(iter_images(reader, IMAGE))).frame_id.lstrip("/")
+        transforms = static_transforms(reader)
+        pose = transforms.lookup(base, camera, int(odom.stamps_ns[0]))
+    if pose is None:
+        raise BagError(f"{bag}: /tf_static does not connect the camera frame {camera!r} to {base!r}, the frame "
+                       f"{ODOM} moves (child_frame_id); the camera's mount on the robot is unknown")
+    return camera, base, pose.matrix()
+
+
+def run_session(bag: Path, map_dir: Path, session: str, robot_id: int, stages: str, extractor, base_frame: str,
+                params: dict[str, Any] | None = None,
+                progress: bool = True) -> tuple[list[int], np.ndarray, np.ndarray, list[PoseGraphEdge]]:
+    """One session through the node's pipeline in mapping mode: its keyframe ids, stamps, odometry poses
+    (N x (x, y, yaw)) and the pose-graph edges the node published."""
     from selavpr_ros.node.params import validate
     from selavpr_ros.node.pipeline import VPRPipeline
     from selavpr_ros.offline.replay import replay
 
-    values = {"map_path": str(map_dir), "mode": "mapping", "device": "cpu", "session": bag.name,
+    values = {"map_path": str(map_dir), "mode": "mapping", "device": "cpu", "session": session,
+              "robot_id": robot_id, "edges.base_frame": base_frame,
               "loop_closure.retrieval.stages": stages, "loop_closure.keyframe.min_interval_s": 0.0,
               **(params or {})}
     pipeline = VPRPipeline(validate(values), extractor=extractor)
     try:
-        result = replay(bag, "/camera/image_raw", pipeline, progress, camera_info="/camera/camera_info",
-                        pose_topic="/odom", depth_topic="/camera/depth")
+        result = replay(bag, IMAGE, pipeline, progress, camera_info=CAMERA_INFO, pose_topic=ODOM, depth_topic=DEPTH)
     finally:
         pipeline.close()
+    ids: list[int] = []
     stamps: list[int] = []
     odometry: list[tuple[float, float, float]] = []
-    closures: list[Closure] = []
-    index: dict[int, int] = {}
+    edges: list[PoseGraphEdge] = []
     for outcome in result.queries:  # keyframes, in stream order
         pose = outcome.frame.pose
         if pose is None:
-            raise BagError(f"{bag}: /odom has no pose at image stamp {outcome.frame.stamp_ns * 1e-9:.3f} s")
-        index[outcome.result.keyframe_id] = len(stamps)
+            raise BagError(f"{bag}: {ODOM} has no pose at image stamp {outcome.frame.stamp_ns * 1e-9:.3f} s")
+        ids.append(outcome.result.keyframe_id)
         stamps.append(outcome.frame.stamp_ns)
         odometry.append((pose.position[0], pose.position[1], pose.yaw()))
-        for c in outcome.result.accepted:
-            rel = c.relative_pose
-            transform = covariance = None
-            if rel is not None:
-                transform = np.eye(4)
-                transform[:3, :3], transform[:3, 3] = rel.rotation, rel.translation
-                covariance = rel.covariance
-            closures.append(Closure(len(stamps) - 1, index[c.match_keyframe_id], transform, covariance,
-                                    bool(rel is not None and rel.metric)))
+        edges += outcome.edges
     odo = np.asarray(odometry)
     odo[:, 2] = np.unwrap(odo[:, 2])
-    return np.asarray(stamps, np.int64), odo, closures
+    return ids, np.asarray(stamps, np.int64), odo, edges
 
 
-def loop_edges(closures: list[Closure], mount: np.ndarray) -> list[Edge]:
-    """Closures as edges between the robot's base poses (``mount``: the camera's pose in the base)."""
-    edges = []
-    for c in closures:
-        if c.transform is None:  # place recognition only: the two bases at the same place
-            rot, trans = UNVERIFIED_SIGMA
-            cov = np.diag([rot**2] * 3 + [trans**2] * 3)
-            edges.append(Edge(c.query, c.match, np.eye(4), cov, "loop"))
-            continue
-        assert c.covariance is not None
-        body, cov = conjugate(c.transform, to_gtsam_covariance(c.transform, c.covariance), mount)
-        edges.append(Edge(c.query, c.match, body, cov, "loop"))
-    return edges
-
-
-def mark_false(closures: list[Closure], truth: np.ndarray, mount: np.ndarray, max_distance: float = 10.0,
-               max_rotation_deg: float = 10.0, max_translation_m: float = 1.0) -> None:
-    """Mark closures between places farther apart than ``max_distance`` or whose relative pose is
-    wrong by more than the given errors (ground truth: base poses N x (x, y, yaw))."""
-    for c in closures:
-        q, m = planar_pose(*truth[c.query]), planar_pose(*truth[c.match])
-        if np.linalg.norm(q[:2, 3] - m[:2, 3]) > max_distance:
-            c.false = True
-            continue
-        if c.transform is None:
-            continue
-        cam = np.linalg.inv(q @ mount) @ (m @ mount)
-        est = RelativePose(True, "", model="pnp" if c.metric else "essential", rotation=c.transform[:3, :3],
-                           translation=c.transform[:3, 3], metric=c.metric)
-        e = pose_errors(est, cam[:3, :3], cam[:3, 3])
-        c.false = (e["rotation_deg"] or 0.0) > max_rotation_deg or (e["translation_m"] or 0.0) > max_translation_m
+def is_false(edge: PoseGraphEdge, truth_from: np.ndarray, truth_to: np.ndarray, mount: np.ndarray,
+             max_distance: float = 10.0, max_rotation_deg: float = 10.0, max_translation_m: float = 1.0) -> bool:
+    """Whether an edge joins places farther apart than ``max_distance``, or its relative pose is wrong by
+    more than the given errors (ground truth: base poses (x, y, yaw); ``mount``: the camera in the base)."""
+    q, m = planar_pose(*truth_from), planar_pose(*truth_to)
+    if np.linalg.norm(q[:2, 3] - m[:2, 3]) > max_distance:
+        return True
+    if not edge.model:  # a "same place" edge claims nothing more
+        return False
+    cam_truth = np.linalg.inv(q @ mount) @ (m @ mount)
+    cam_est = np.linalg.inv(mount) @ edge.transform @ mount  # the edge between the cameras again
+    est = RelativePose(True, "", model=edge.model, rotation=cam_est[:3, :3],  # type: ignore[arg-type]
+                       translation=cam_est[:3, 3], metric=edge.metric)
+    e = pose_errors(est, cam_truth[:3, :3], cam_truth[:3, 3])
+    return (e["rotation_deg"] or 0.0) > max_rotation_deg or (e["translation_m"] or 0.0) > max_translation_m
 
 
 def trajectory_errors(truth: np.ndarray, estimate: np.ndarray, stamps: np.ndarray) -> tuple[float, float]:
@@ -146,40 +175,98 @@ def trajectory_errors(truth: np.ndarray, estimate: np.ndarray, stamps: np.ndarra
     return float(ape.get_statistic(metrics.StatisticsType.rmse)), float(rpe.get_statistic(metrics.StatisticsType.rmse))
 
 
-def slam_eval(bag: Path, truth: np.ndarray, truth_stamps: np.ndarray, work: Path, stages: str, extractor,
-              mount: np.ndarray, params: dict[str, Any] | None = None, progress: bool = True) -> SlamResult:
-    """One run: pipeline, graph, optimisation, scores. ``truth``: base poses (x, y, yaw) at ``truth_stamps``."""
+def _initial(tracks: list[SessionTrack], loops: list[LoopEdge]) -> tuple[dict[int, np.ndarray], bool]:
+    """Initial poses: the first session in its odometry frame; each later one placed by its first edge
+    into an earlier session (its own odometry frame is unknown to the back-end), else left out."""
+    initial: dict[int, np.ndarray] = {}
+    placed = True
+    for track in tracks:
+        odo = [planar_pose(*p) for p in track.odometry]
+        keys = track.graph_keys()
+        if not initial:
+            initial.update(zip(keys, odo))
+            continue
+        index = {k: i for i, k in enumerate(keys)}
+        anchor = next((le.edge for le in loops if graph_key(le.edge.robot_from, le.edge.key_from) in index
+                       and graph_key(le.edge.robot_to, le.edge.key_to) in initial), None)
+        if anchor is None:
+            placed = False
+            continue
+        j = index[graph_key(anchor.robot_from, anchor.key_from)]
+        at_j = initial[graph_key(anchor.robot_to, anchor.key_to)] @ np.linalg.inv(anchor.transform)
+        correction = at_j @ np.linalg.inv(odo[j])
+        initial.update((k, correction @ p) for k, p in zip(keys, odo))
+    return initial, placed
+
+
+def slam_eval(sessions: list[tuple[Path, str, int, np.ndarray, np.ndarray]], work: Path, stages: str, extractor,
+              params: dict[str, Any] | None = None, base_frame: str = "", progress: bool = True) -> SlamResult:
+    """One run over ``sessions`` (bag, session name, robot id, true base poses (x, y, yaw), their stamps),
+    mapped in that order into one map: pipeline, published edges, graph, optimisation, scores."""
     import shutil
 
     map_dir = work / f"map_{stages.replace(',', '_')}"
     shutil.rmtree(map_dir, ignore_errors=True)
-    stamps, odometry, closures = run_pipeline(bag, map_dir, stages, extractor, params, progress)
-    idx = np.searchsorted(truth_stamps, stamps)
-    gt = truth[np.clip(idx, 0, len(truth) - 1)]
-    mark_false(closures, gt, mount)
-    initial = {i: planar_pose(*p) for i, p in enumerate(odometry)}
-    edges = odometry_edges(odometry) + loop_edges(closures, mount)
-    optimised = optimise(initial, edges, prior_key=0)
-    truth_poses = np.array([planar_pose(*p) for p in gt])
-    odo_poses = np.array([initial[i] for i in range(len(initial))])
-    opt_poses = np.array([optimised[i] for i in range(len(initial))])
-    ate_odo, rpe_odo = trajectory_errors(truth_poses, odo_poses, stamps)
-    ate_opt, rpe_opt = trajectory_errors(truth_poses, opt_poses, stamps)
-    return SlamResult(stages, len(stamps), len(closures), sum(c.false for c in closures),
-                      sum(c.metric for c in closures), ate_odo, ate_opt, rpe_odo, rpe_opt, opt_poses)
+    tracks: list[SessionTrack] = []
+    loops: list[LoopEdge] = []
+    mount = np.eye(4)
+    for bag, name, robot_id, truth, truth_stamps in sessions:
+        _, base, mount = bag_frames(bag, base_frame)
+        ids, stamps, odometry, edges = run_session(bag, map_dir, name, robot_id, stages, extractor, base, params,
+                                                   progress)
+        gt = truth[np.clip(np.searchsorted(truth_stamps, stamps), 0, len(truth) - 1)]
+        tracks.append(SessionTrack(name, robot_id, ids, stamps, odometry, gt))
+        loops += [LoopEdge(e, name, False) for e in edges]
+    truth_of = {k: t for track in tracks for k, t in zip(track.graph_keys(), track.truth)}
+    session_of = {k: track.name for track in tracks for k in track.graph_keys()}
+    for le in loops:
+        le.inter_session = session_of[graph_key(le.edge.robot_to, le.edge.key_to)] != le.session
+        le.false = is_false(le.edge, truth_of[graph_key(le.edge.robot_from, le.edge.key_from)],
+                            truth_of[graph_key(le.edge.robot_to, le.edge.key_to)], mount)
+    initial, placed = _initial(tracks, loops)
+    graph = [e for t in tracks if t.graph_keys()[0] in initial for e in odometry_edges(t.odometry, t.graph_keys())]
+    graph += [Edge(graph_key(le.edge.robot_from, le.edge.key_from), graph_key(le.edge.robot_to, le.edge.key_to),
+                   le.edge.transform, le.edge.covariance, "loop") for le in loops
+              if graph_key(le.edge.robot_from, le.edge.key_from) in initial
+              and graph_key(le.edge.robot_to, le.edge.key_to) in initial]
+    optimised = optimise(initial, graph, prior_key=tracks[0].graph_keys()[0])
+    per_session: dict[str, dict[str, Any]] = {}
+    poses: dict[str, np.ndarray] = {}
+    for track in tracks:
+        truth_poses = np.array([planar_pose(*p) for p in track.truth])
+        odo_poses = np.array([planar_pose(*p) for p in track.odometry])
+        mine = [le for le in loops if le.session == track.name]
+        row: dict[str, Any] = {
+            "robot_id": track.robot_id, "keyframes": len(track.keyframe_ids), "closures": len(mine),
+            "false_closures": sum(le.false for le in mine), "metric_closures": sum(le.edge.metric for le in mine),
+            "inter_session_closures": sum(le.inter_session for le in mine),
+        }
+        row["ate_odometry_m"], row["rpe_odometry_m"] = trajectory_errors(truth_poses, odo_poses, track.stamps)
+        if track.graph_keys()[0] in optimised:
+            poses[track.name] = np.array([optimised[k] for k in track.graph_keys()])
+            row["ate_optimised_m"], row["rpe_optimised_m"] = trajectory_errors(truth_poses, poses[track.name],
+                                                                               track.stamps)
+        per_session[track.name] = row
+    joint = None
+    if placed and len(tracks) > 1:
+        order = np.argsort(np.concatenate([t.stamps for t in tracks]), kind="stable")
+        truth_all = np.concatenate([[planar_pose(*p) for p in t.truth] for t in tracks])[order]
+        est_all = np.concatenate([poses[t.name] for t in tracks])[order]
+        joint = trajectory_errors(truth_all, est_all, np.concatenate([t.stamps for t in tracks])[order])[0]
+    return SlamResult(stages, per_session, joint, placed, poses)
 
 
 def result_dict(r: SlamResult) -> dict[str, Any]:
-    d = asdict(r)
-    d.pop("optimised")
-    return d
+    return {"stages": r.stages, "sessions": r.sessions, "joint_ate_optimised_m": r.joint_ate_optimised_m,
+            "relocalised": r.relocalised}
 
 
 # What slam-eval passes to the node per run: the geometric stage decides on its own (any retrieval score,
 # confirmed by 2 consecutive queries); retrieval alone needs a score (the built-in model's true matches
-# score above 0.3 here) and the same confirmation.
+# score above 0.3 here) and the same confirmation, and its closures are published as "same place" edges.
 RUN_PARAMS = {
-    "binary,float": {"loop_closure.min_score": 0.3, "loop_closure.consistency.n": 2, "loop_closure.top_n": 3},
+    "binary,float": {"loop_closure.min_score": 0.3, "loop_closure.consistency.n": 2, "loop_closure.top_n": 3,
+                     "edges.same_place_sigma_m": 1.0, "edges.same_place_sigma_deg": 5.0},
     "binary,float,geometric": {"loop_closure.min_score": -1.0, "loop_closure.consistency.n": 2,
                                "loop_closure.top_n": 3},
 }
@@ -196,23 +283,40 @@ def truth_from_bag(bag: Path, topic: str = "/ground_truth") -> tuple[np.ndarray,
     return np.column_stack([track.positions[:, 0], track.positions[:, 1], yaw]), track.stamps_ns
 
 
-def plot_trajectories(path: Path, truth: np.ndarray, odometry: np.ndarray, results: list[SlamResult]) -> Path:
+def odometry_from_bag(bag: Path) -> np.ndarray:
+    """(N, 2) odometry positions of a session bag (for the plot)."""
+    from selavpr_ros.bags.poses import load_pose_track
+    from selavpr_ros.bags.reader import open_bags
+
+    with open_bags([bag]) as reader:
+        return load_pose_track(reader, ODOM).positions[:, :2]
+
+
+def plot_trajectories(path: Path, truths: dict[str, np.ndarray], odometry: dict[str, np.ndarray],
+                      results: list[SlamResult]) -> Path:
+    """Ground truth, odometry and every run's optimised trajectory, one panel per session."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 5))
-    ax.plot(truth[:, 0], truth[:, 1], "k-", lw=2, label="ground truth")
-    ax.plot(odometry[:, 0], odometry[:, 1], "r--", lw=1, label="odometry")
-    for r in results:
-        ax.plot(r.optimised[:, 0, 3], r.optimised[:, 1, 3], lw=1,
-                label=f"optimised, {r.stages} (ATE {r.ate_optimised_m:.2f} m)")
-    ax.set_aspect("equal")
-    ax.set_xlabel("x (m)")
-    ax.set_ylabel("y (m)")
-    ax.legend(fontsize=7)
+    names = list(truths)
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 5), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        truth = truths[name]
+        ax.plot(truth[:, 0], truth[:, 1], "k-", lw=2, label="ground truth")
+        ax.plot(odometry[name][:, 0], odometry[name][:, 1], "r--", lw=1, label="odometry (own frame)")
+        for r in results:
+            if name in r.optimised:
+                opt = r.optimised[name]
+                ate = r.sessions[name].get("ate_optimised_m", float("nan"))
+                ax.plot(opt[:, 0, 3], opt[:, 1, 3], lw=1, label=f"optimised, {r.stages} (ATE {ate:.2f} m)")
+        ax.set_title(f"session {name}")
+        ax.set_aspect("equal")
+        ax.set_xlabel("x (m)")
+        ax.set_ylabel("y (m)")
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

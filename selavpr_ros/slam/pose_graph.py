@@ -1,13 +1,11 @@
 """A pose graph from odometry and loop closures, optimised with GTSAM under a robust kernel.
 
 Edges carry the pose of ``key_to`` in the frame of ``key_from`` and a 6 x 6
-covariance in ROS order (x, y, z, rot x, rot y, rot z). Two conventions
-meet here: the package's relative poses perturb the rotation about the
-*from* frame's axes and the translation additively (what
-:mod:`selavpr_ros.geometry.estimation` estimates), GTSAM perturbs on the
-right in the *to* frame with rotation first; :func:`to_gtsam_covariance`
-converts exactly (to first order). Covariances are checked: a NaN or a
-matrix that is not positive definite never reaches the optimiser.
+covariance in GTSAM's Pose3 tangent order (rotation first, perturbation on
+the right), the convention of the node's published
+:class:`~selavpr_ros.loop_closure.edges.PoseGraphEdge`, so its loop edges
+enter the graph as they are. Covariances are checked: a NaN or a matrix
+that is not positive definite never reaches the optimiser.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from selavpr_ros.errors import ConfigError
-from selavpr_ros.geometry.estimation import planar_pose, skew
+from selavpr_ros.geometry.estimation import planar_pose
 
 
 @dataclass
@@ -38,32 +36,6 @@ def check_covariance(cov: np.ndarray, what: str) -> np.ndarray:
     if np.linalg.eigvalsh(cov).min() <= 0:
         raise ConfigError(f"{what}: covariance is not positive definite")
     return cov
-
-
-def to_gtsam_covariance(transform: np.ndarray, cov_ros: np.ndarray) -> np.ndarray:
-    """The package's covariance of ``transform`` as GTSAM's Pose3 tangent covariance (rotation first,
-    right perturbation)."""
-    import gtsam
-
-    t = transform[:3, 3]
-    # package parameters (dt, w) -> left se(3) twist (w, v): v = dt - w x t
-    jac = np.zeros((6, 6))
-    jac[:3, 3:] = np.eye(3)
-    jac[3:, :3] = np.eye(3)
-    jac[3:, 3:] = skew(t)  # -(w x t) = t x w
-    left = jac @ cov_ros @ jac.T
-    adjoint = gtsam.Pose3(np.linalg.inv(transform)).AdjointMap()  # left twist -> right twist
-    return adjoint @ left @ adjoint.T
-
-
-def conjugate(transform: np.ndarray, cov_gtsam: np.ndarray, mount: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """An edge between two sensor frames as the edge between the bodies carrying them (``mount``: the
-    sensor's pose in the body): T_body = M T_sensor M^-1, covariance by the adjoint of M."""
-    import gtsam
-
-    body = mount @ transform @ np.linalg.inv(mount)
-    adjoint = gtsam.Pose3(mount).AdjointMap()
-    return body, adjoint @ cov_gtsam @ adjoint.T
 
 
 def optimise(initial: dict[int, np.ndarray], edges: list[Edge], prior_key: int, huber: float = 1.345,
@@ -92,8 +64,11 @@ def optimise(initial: dict[int, np.ndarray], edges: list[Edge], prior_key: int, 
     return {key: result.atPose3(key).matrix() for key in initial}
 
 
-def odometry_edges(poses: np.ndarray, noise_per_m: float = 0.02, heading_per_m: float = 0.005) -> list[Edge]:
-    """Edges between consecutive planar odometry poses (N x (x, y, yaw)), covariances in GTSAM order."""
+def odometry_edges(poses: np.ndarray, keys: list[int] | None = None, noise_per_m: float = 0.02,
+                   heading_per_m: float = 0.005) -> list[Edge]:
+    """Edges between consecutive planar odometry poses (N x (x, y, yaw)), covariances in GTSAM order;
+    ``keys`` names the poses in the graph (default 0 ... N-1)."""
+    keys = list(range(len(poses))) if keys is None else keys
     edges = []
     for i in range(len(poses) - 1):
         a, b = planar_pose(*poses[i]), planar_pose(*poses[i + 1])
@@ -101,5 +76,5 @@ def odometry_edges(poses: np.ndarray, noise_per_m: float = 0.02, heading_per_m: 
         step = max(float(np.linalg.norm(rel[:2, 3])), 0.05)
         sigma_t, sigma_h = noise_per_m * step, heading_per_m * step + 1e-3
         cov = np.diag([1e-6, 1e-6, sigma_h**2, sigma_t**2, sigma_t**2, 1e-6])  # rot x, y, z, x, y, z
-        edges.append(Edge(i, i + 1, rel, cov, "odometry"))
+        edges.append(Edge(keys[i], keys[i + 1], rel, cov, "odometry"))
     return edges

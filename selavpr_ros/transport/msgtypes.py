@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from cyclonedds.idl import IdlStruct
 
 PACKAGE = "selavpr_ros"
-MSG_NAMES = ("LoopClosureCandidate", "LoopClosureCandidateArray")
+MSG_NAMES = ("LoopClosureCandidate", "LoopClosureCandidateArray", "PoseGraphNode", "PoseGraphEdge", "PoseGraph")
 LEGACY_MSG_DIR = Path(__file__).resolve().parents[1] / "data" / "msg_v1"  # first-release definitions
 
 

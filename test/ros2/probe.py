@@ -3,7 +3,9 @@
 ``stream``   publish bundled Nordland frames (Image or CompressedImage) and collect the
              node's LoopClosureCandidateArray and /diagnostics messages;
 ``services`` call ~/save_map, ~/set_mode, ~/reset and the parameter services with rclpy clients;
-``diagnostics-rate`` count /diagnostics messages for a few seconds.
+``diagnostics-rate`` count /diagnostics messages for a few seconds;
+``query``    call ~/query with a SLAM's keyframes (images, ids, CameraInfo) and collect the answers
+             and the PoseGraph edges on loop_closure_edges.
 
 It talks to the node only through ROS 2 (rclpy, rmw), never through the package's own DDS code.
 """
@@ -30,8 +32,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
-from selavpr_ros.msg import LoopClosureCandidateArray
-from selavpr_ros.srv import SaveMap, SetMode
+from selavpr_ros.msg import LoopClosureCandidateArray, PoseGraph
+from selavpr_ros.srv import QueryPlace, SaveMap, SetMode
 
 DEMO = Path(__file__).resolve().parents[2] / "selavpr_ros" / "data" / "nordland_demo"
 
@@ -198,6 +200,53 @@ def cmd_services(args) -> dict:
     return out
 
 
+def _edge(e) -> dict:
+    p, q = e.pose.position, e.pose.orientation
+    return {"key_from": e.key_from, "key_to": e.key_to, "robot_from": e.robot_from, "robot_to": e.robot_to,
+            "type": e.type, "frame_id": e.header.frame_id, "position": [p.x, p.y, p.z],
+            "quaternion": [q.x, q.y, q.z, q.w], "covariance": list(e.covariance)}
+
+
+def cmd_query(args) -> dict:
+    """The SLAM's side: each keyframe (image file, its id) through ~/query with its CameraInfo."""
+    node = Node("vpr_query_probe")
+    spec = json.loads(Path(args.spec).read_text())
+    reliable = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
+    graphs: list = []
+    node.create_subscription(PoseGraph, args.edges_topic, graphs.append, reliable)
+    static_pub = node.create_publisher(TFMessage, "/tf_static", QoSProfile(
+        depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    mount = TransformStamped()
+    mount.header.frame_id, mount.child_frame_id = "base_link", "cam_optical"
+    t, r = mount.transform.translation, mount.transform.rotation
+    (t.x, t.y, t.z), (r.x, r.y, r.z, r.w) = spec["mount"][:3], spec["mount"][3:]
+    static_pub.publish(TFMessage(transforms=[mount]))
+    client = node.create_client(QueryPlace, f"{args.node}/query")
+    answers = []
+    for item in spec["keyframes"]:
+        request = QueryPlace.Request(keyframe_id=item["id"])
+        if item["path"]:
+            request.image = image_msg(np.asarray(PILImage.open(item["path"]).convert("RGB")), item["stamp"],
+                                      "cam_optical", False)
+        else:  # a keyframe with no image at all: the node must answer, not fail
+            request.image.header.stamp.sec = item["stamp"] // 10**9
+        info = request.camera_info
+        info.width, info.height, info.distortion_model = spec["width"], spec["height"], "plumb_bob"
+        fx, fy, cx, cy = spec["k"]
+        info.k, info.d = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0], [0.0] * 5
+        r = _call(node, client, request, timeout=120)
+        answers.append({"id": item["id"], "success": r.success, "message": r.message,
+                        "candidates": [{"status": c.status, "verification": c.verification,
+                                        "query_slam_id": c.query_slam_id, "match_slam_id": c.match_slam_id,
+                                        "robot_id": c.robot_id, "match_robot_id": c.match_robot_id,
+                                        "has_relative_pose": c.has_relative_pose} for c in r.candidates],
+                        "edges": [_edge(e) for e in r.edges]})
+    expected = sum(bool(a["edges"]) for a in answers)
+    wait_for(node, lambda: len(graphs) >= expected, 30, f"{expected} PoseGraph messages")
+    node.destroy_node()
+    return {"answers": answers, "graphs": [[_edge(e) for e in g.edges] for g in graphs]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -216,10 +265,15 @@ def main() -> int:
     v = sub.add_parser("services")
     v.add_argument("--node", default="/vpr_node")
     v.add_argument("--copy-to", required=True)
+    q = sub.add_parser("query")
+    q.add_argument("--spec", required=True, help="JSON: keyframes [{id, path, stamp}], camera k/width/height, mount")
+    q.add_argument("--node", default="/vpr_node")
+    q.add_argument("--edges-topic", default="/loop_closure_edges")
     args = parser.parse_args()
     rclpy.init()
     try:
-        commands = {"stream": cmd_stream, "services": cmd_services, "diagnostics-rate": cmd_diagnostics_rate}
+        commands = {"stream": cmd_stream, "services": cmd_services, "diagnostics-rate": cmd_diagnostics_rate,
+                    "query": cmd_query}
         result = commands[args.cmd](args)
     finally:
         rclpy.try_shutdown()
