@@ -216,3 +216,22 @@ def test_dense_matcher_maps_the_selavpr_grid_back_to_pixels(tmp_path):
         assert rotation_angle_deg(pose.rotation, np.eye(3)) < 1e-3 and pose.inliers == pose.matches
         skipped = verifier.verify(QueryView(cam, None, None), [0])[0]
         assert skipped.skipped and "no local features" in skipped.reason
+
+
+def test_a_plane_seen_with_parallax_needs_depth():
+    """Points on one wall seen from two places: a homography explains every match, the essential
+    matrix's two motions fit equally, so without depth the stage refuses; with the wall's depth,
+    PnP gives the true metric pose."""
+    cam = CameraModel.nominal(640, 480, 90.0)
+    rng = np.random.default_rng(1)
+    wall = np.column_stack([rng.uniform(-4, 4, 80), rng.uniform(-2, 2, 80), np.full(80, 6.0)])  # match camera
+    r_true = cv2.Rodrigues(np.array([0.02, 0.25, -0.01]))[0]
+    t_true = np.array([-1.5, 0.1, -0.8])
+    in_query = wall @ r_true.T + t_true
+    query_px = cam.project(in_query[:, :2] / in_query[:, 2:3]) + rng.normal(0, 0.3, (80, 2))
+    match_px = cam.project(wall[:, :2] / wall[:, 2:3]) + rng.normal(0, 0.3, (80, 2))
+    flat = estimate_relative_pose(query_px, match_px, cam, cam, VerificationConfig())
+    assert not flat.valid and "planar scene" in flat.reason and "ambiguous" in flat.reason
+    metric = estimate_relative_pose(query_px, match_px, cam, cam, VerificationConfig(), wall[:, 2])
+    assert metric.valid and metric.model == "pnp"
+    assert rotation_angle_deg(metric.rotation, r_true) < 0.5 and np.linalg.norm(metric.translation - t_true) < 0.1

@@ -241,6 +241,12 @@ def estimate_relative_pose(
         rotation = _rotation_model(r, mn[essential_inliers], qn[essential_inliers], query_cam, cfg)
         if rotation.valid and rotation.inliers >= cfg.rotation_only_ratio * essential_inliers.sum():
             return _accept(rotation, n, cfg)
+    if h is not None and n_h >= cfg.rotation_only_ratio * n_e:
+        # A plane seen with parallax: two motions explain its matches equally well, so the essential
+        # matrix's rotation and direction are a guess between them (seen: 83 deg off, every match an inlier).
+        return RelativePose(False, f"planar scene: a homography explains {n_h} of the essential matrix's {n_e} "
+                            "inliers, so the relative pose is ambiguous without depth", matches=n, inliers=n_e,
+                            model="essential")
     return _accept(_essential(r, t.ravel(), qn[inliers], mn[inliers], query_cam), n, cfg)
 
 
