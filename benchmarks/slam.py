@@ -1,14 +1,17 @@
-"""The SLAM proof as numbers: simulated robot, selavpr_ros loop closures, GTSAM, evo.
+"""The SLAM proof as numbers: simulated robot, selavpr_ros pose-graph edges, GTSAM, evo.
 
 Session A of `selavpr-ros sim` (two laps around a 40 x 30 m block, one frame
 per metre, 320 x 240 px, 90 deg; from the second lap on another lane and a
-wobbling heading; odometry with 2 % translation noise) goes through the
-node's pipeline in mapping mode with the built-in model, retrieval alone and
-with the geometric stage (depth from the simulator: metric closures); the
-closures and the odometry go into a GTSAM pose graph (Huber kernel on
-loops); evo scores ATE (SE(3)-aligned RMSE) and RPE (10 keyframes) against
-the ground truth. Also the simulator's render time per 320 x 240 frame.
-Writes benchmarks/results/slam.json and slam_trajectories.png.
+wobbling heading; odometry with 2 % translation noise) and then session B
+(robot 1: one lap in the other lane under other light) go through the node's
+pipeline in mapping mode into one map, with the built-in model, retrieval
+alone and with the geometric stage (depth from the simulator: metric
+closures). The published pose-graph edges and each session's odometry go
+into a GTSAM pose graph (Huber kernel on loops; B placed by its first edge
+into A); evo scores ATE (SE(3)-aligned RMSE, per session and for A and B
+under one alignment) and RPE (10 keyframes) against the ground truth. Also
+the simulator's render time per 320 x 240 frame. Writes
+benchmarks/results/slam.json and slam_trajectories.png.
 
     python benchmarks/slam.py
 """

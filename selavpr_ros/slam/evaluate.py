@@ -65,6 +65,7 @@ class LoopEdge:
     session: str  # of the query
     inter_session: bool
     false: bool = False
+    squared_error: float = float("nan")  # Mahalanobis, against the truth (edges with a relative pose)
 
 
 @dataclass
@@ -157,6 +158,16 @@ def is_false(edge: PoseGraphEdge, truth_from: np.ndarray, truth_to: np.ndarray, 
     return (e["rotation_deg"] or 0.0) > max_rotation_deg or (e["translation_m"] or 0.0) > max_translation_m
 
 
+def squared_error(edge: PoseGraphEdge, truth_from: np.ndarray, truth_to: np.ndarray) -> float:
+    """The edge's error against the true relative base pose, squared and weighted by its own covariance
+    (Mahalanobis; a 6-dof chi-square with median 5.35 when the covariance is right)."""
+    import gtsam
+
+    true = np.linalg.inv(planar_pose(*truth_from)) @ planar_pose(*truth_to)
+    error = gtsam.Pose3.Logmap(gtsam.Pose3(np.linalg.inv(edge.transform) @ true))  # right tangent, as the covariance
+    return float(error @ np.linalg.solve(edge.covariance, error))
+
+
 def trajectory_errors(truth: np.ndarray, estimate: np.ndarray, stamps: np.ndarray) -> tuple[float, float]:
     """(ATE RMSE after SE(3) alignment, RPE RMSE over 10 keyframes), metres, with evo."""
     from evo.core import metrics
@@ -221,8 +232,11 @@ def slam_eval(sessions: list[tuple[Path, str, int, np.ndarray, np.ndarray]], wor
     session_of = {k: track.name for track in tracks for k in track.graph_keys()}
     for le in loops:
         le.inter_session = session_of[graph_key(le.edge.robot_to, le.edge.key_to)] != le.session
-        le.false = is_false(le.edge, truth_of[graph_key(le.edge.robot_from, le.edge.key_from)],
-                            truth_of[graph_key(le.edge.robot_to, le.edge.key_to)], mount)
+        truth_from = truth_of[graph_key(le.edge.robot_from, le.edge.key_from)]
+        truth_to = truth_of[graph_key(le.edge.robot_to, le.edge.key_to)]
+        le.false = is_false(le.edge, truth_from, truth_to, mount)
+        if le.edge.model:
+            le.squared_error = squared_error(le.edge, truth_from, truth_to)
     initial, placed = _initial(tracks, loops)
     graph = [e for t in tracks if t.graph_keys()[0] in initial for e in odometry_edges(t.odometry, t.graph_keys())]
     graph += [Edge(graph_key(le.edge.robot_from, le.edge.key_from), graph_key(le.edge.robot_to, le.edge.key_to),
@@ -241,6 +255,9 @@ def slam_eval(sessions: list[tuple[Path, str, int, np.ndarray, np.ndarray]], wor
             "false_closures": sum(le.false for le in mine), "metric_closures": sum(le.edge.metric for le in mine),
             "inter_session_closures": sum(le.inter_session for le in mine),
         }
+        errors = [le.squared_error for le in mine if le.edge.model]
+        if errors:  # how honest the published covariances are: 5.35 expected
+            row["edge_squared_error_median"] = float(np.median(errors))
         row["ate_odometry_m"], row["rpe_odometry_m"] = trajectory_errors(truth_poses, odo_poses, track.stamps)
         if track.graph_keys()[0] in optimised:
             poses[track.name] = np.array([optimised[k] for k in track.graph_keys()])
