@@ -77,7 +77,8 @@ def build_map(bag: Path, out: Path, poses: str) -> None:
 
 def evaluate(database: Path, queries: Path, checkpoint: str | None, out: Path) -> dict:
     run(["eval", "--dataset", str(database), "--query-map", str(queries), "--threshold", f"{TOLERANCE_M:g}m",
-         "--stages", "binary,float", "--out", str(out), "--quiet", *(["--checkpoint", checkpoint] if checkpoint else [])])
+         "--stages", "binary,float", "--out", str(out), "--quiet",
+         *(["--checkpoint", checkpoint] if checkpoint else [])])
     report = json.loads((out / "report.json").read_text())
     pr = report["precision_recall"]["+ float re-rank"]
     recall = report["recall"]["+ float re-rank"]
