@@ -88,7 +88,7 @@ def evaluate(database: Path, queries: Path, checkpoint: str | None, out: Path) -
             "database": report["database_images"]}
 
 
-def slam(work: Path, sim: Path, checkpoint: str | None, min_score: float, out: Path) -> dict:
+def slam(sim: Path, checkpoint: str | None, min_score: float, out: Path) -> dict:
     run(["slam-eval", "--bag", str(sim / "session_a"), "--bag-b", str(sim / "session_b"), "--out", str(out),
          "--min-score", f"{min_score:.6f}", "--quiet", *(["--checkpoint", checkpoint] if checkpoint else [])])
     return json.loads((out / "slam_eval.json").read_text())
@@ -116,7 +116,7 @@ def main() -> None:
         for model, checkpoint in (("built-in", None), ("fine-tuned on A", str(work / "run" / "best.ckpt"))):
             val = evaluate(work / "a_truth", work / "val_truth", checkpoint, work / f"val_{len(rows)}")
             test = evaluate(work / "a_truth", work / "b_truth", checkpoint, work / f"test_{len(rows)}")
-            runs = slam(work, sim, checkpoint, val["threshold_at_100_precision"], work / f"slam_{len(rows)}")
+            runs = slam(sim, checkpoint, val["threshold_at_100_precision"], work / f"slam_{len(rows)}")
             rows.append({"model": model, "validation": val, "test": test, "min_score_from_validation":
                          val["threshold_at_100_precision"], "slam": runs["runs"]})
             print(model, "test", test, flush=True)

@@ -81,8 +81,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     finally:
         pipeline.close()
     accepted = sum(len(o.result.accepted) for o in result.queries)
-    print(json.dumps({"queries": len(result.queries), "accepted": accepted, "bad_frames": result.bad_frames,
-                      "stage_ms": result.stage_ms(), "out": str(out)}, indent=1))
+    summary = {"queries": len(result.queries), "accepted": accepted, "edges": pipeline.edges_published,
+               "bad_frames": result.bad_frames, "stage_ms": result.stage_ms(), "out": str(out)}
+    if pipeline.edges_skipped:
+        summary["edges_left_out"] = f"{pipeline.edges_skipped} closures: {pipeline.last_edge_problem}"
+    print(json.dumps(summary, indent=1))
     return 0
 
 
