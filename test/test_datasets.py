@@ -25,9 +25,9 @@ def _png(path, value=0):
 
 # -- frame-aligned sequences ---------------------------------------------------------------------
 def test_sequence_eval_on_nordland(nordland):
-    ev = load_sequence_eval(nordland, span=(0.7, 1.0), tolerance=2)
+    ev = load_sequence_eval(nordland, span=(0.4, 1.0), tolerance=2)
     n = len(ev.queries)
-    assert len(ev.database) == n and n > 100
+    assert len(ev.database) == n == 120
     assert ev.queries[0].parent.name == "winter" and ev.database[0].parent.name == "summer"
     assert ev.queries[0].name == ev.database[0].name
     assert ev.positives[0].tolist() == [0, 1, 2]
@@ -36,7 +36,7 @@ def test_sequence_eval_on_nordland(nordland):
 
 
 def test_sequence_places_are_separated_in_batches(nordland):
-    places = load_sequence_places(nordland, span=(0.0, 0.1), frames_per_place=2, tolerance=2)
+    places = load_sequence_places(nordland, span=(0.0, 1.0), frames_per_place=2, tolerance=2)
     assert places.min_separation == 5
     seen = []
     for idx, labels in places.batches(np.random.default_rng(0), 8, 4):

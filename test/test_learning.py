@@ -1,7 +1,8 @@
 """Real learning on real images: the shipped demo model against raw pixels and its untrained self.
 
-Held-out last 30 % of the Nordland route, winter queries against the summer
-map, correct within +-2 frames (the model never saw these frames).
+Winter queries against the summer map, correct within +-2 frames, on frames the model never saw:
+the 200 bundled places (every checkout), and the held-out last 30 % of the route where the full
+Nordland set is present.
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ from selavpr_ros.models.weights import create_model
 from selavpr_ros.models.zoo import builtin_checkpoint
 
 
-def test_demo_model_beats_pixels_and_untrained_by_a_wide_margin(nordland):
+def _recalls(root, span):
     path = builtin_checkpoint()
     assert path.stat().st_size <= 20 * 2**20
-    ck = read_checkpoint(path)
-    eval_set = load_sequence_eval(nordland, span=(0.7, 1.0), tolerance=2)
-    pixels = pixel_recall(eval_set, (1, 5))
+    eval_set = load_sequence_eval(root, span=span, tolerance=2)
 
     def recall(extractor):
         db = extractor.extract(eval_set.database, batch_size=256)
@@ -31,8 +30,23 @@ def test_demo_model_beats_pixels_and_untrained_by_a_wide_margin(nordland):
 
     trained = recall(open_extractor(path, device="cpu"))
     torch.manual_seed(0)
-    untrained = recall(TorchExtractor(create_model(ck.config), device="cpu"))
+    untrained = recall(TorchExtractor(create_model(read_checkpoint(path).config), device="cpu"))
+    pixels = pixel_recall(eval_set, (1, 5))
     print({"pixels": pixels, "untrained": untrained, "trained": trained})
+    return pixels, untrained, trained
+
+
+def test_demo_model_learned_what_its_untrained_self_cannot(nordland):
+    """The bundled stretch (measured: R@1 34.5 trained, 6.0 untrained, 33.0 raw pixels)."""
+    pixels, untrained, trained = _recalls(nordland, (0.0, 1.0))
+    assert trained["float"][1] >= untrained["float"][1] + 20 and trained["float"][5] >= untrained["float"][5] + 30
+    assert trained["binary"][1] >= untrained["binary"][1] + 15
+    assert trained["float"][5] >= pixels[5] - 5  # on par with pixels on this easy stretch
+
+
+def test_demo_model_beats_pixels_and_untrained_by_a_wide_margin(nordland_full):
+    """The held-out last 30 % of the whole route, 1073 places."""
+    pixels, untrained, trained = _recalls(nordland_full, (0.7, 1.0))
     assert trained["float"][1] >= 1.4 * pixels[1]
     assert trained["float"][5] >= pixels[5] + 5
     assert trained["float"][1] >= untrained["float"][1] + 12

@@ -64,8 +64,8 @@ def test_params_are_validated():
 
 def test_pipeline_maps_a_route_and_closes_the_loop(tmp_path, nordland):
     pipe = VPRPipeline(params(tmp_path))
-    summer = frames(nordland, "summer", 3000, 40, 5)
-    winter = frames(nordland, "winter", 3000, 40, 5)
+    summer = frames(nordland, "summer", 0, 40, 5)
+    winter = frames(nordland, "winter", 0, 40, 5)
     for i, rgb in enumerate(summer):  # first traversal: 1 frame per second
         out = pipe.process(Frame(image_msg(rgb, i * 10**9), i * 10**9, "cam"))
         assert out.result.is_keyframe and out.result.keyframe_id == i
@@ -138,7 +138,7 @@ def test_worker_drops_instead_of_queueing_and_survives_bad_frames(tmp_path, nord
     pipe = VPRPipeline(params(tmp_path))
     done = []
     worker = LatestFrameWorker(_Slow(pipe, 0.05), done.append)
-    imgs = frames(nordland, "summer", 500, 10)
+    imgs = frames(nordland, "summer", 50, 10)
     for i in range(60):  # 60 frames at ~200 Hz, every 7th corrupt
         t = i * 10**8
         msg = image_msg(imgs[i % 10], t)
@@ -169,7 +169,7 @@ def test_worker_drops_instead_of_queueing_and_survives_bad_frames(tmp_path, nord
 
 
 def test_restart_resumes_the_session(tmp_path, nordland):
-    imgs = frames(nordland, "summer", 700, 6)
+    imgs = frames(nordland, "summer", 70, 6)
     pipe = VPRPipeline(params(tmp_path, **{"loop_closure.keyframe.min_interval_s": 2.0}))
     for i, rgb in enumerate(imgs[:3]):
         pipe.process(Frame(image_msg(rgb, i * 3 * 10**9), i * 3 * 10**9, "cam"))
@@ -185,7 +185,7 @@ def test_restart_resumes_the_session(tmp_path, nordland):
 def test_concurrent_services_and_frames(tmp_path, nordland):
     pipe = VPRPipeline(params(tmp_path))
     worker = LatestFrameWorker(pipe, lambda o: None)
-    imgs = frames(nordland, "summer", 900, 5)
+    imgs = frames(nordland, "summer", 90, 5)
     stop = threading.Event()
 
     def toggle():
@@ -211,7 +211,7 @@ def test_frames_without_camera_info_are_counted_in_diagnostics(tmp_path, nordlan
     """With the geometric stage on, a camera that publishes no CameraInfo is reported, not fatal."""
     pipe = VPRPipeline(params(tmp_path, **{"loop_closure.retrieval.stages": "binary,float,geometric"}))
     worker = LatestFrameWorker(pipe, lambda outcome: None)
-    for i, rgb in enumerate(frames(nordland, "summer", 700, 3)):
+    for i, rgb in enumerate(frames(nordland, "summer", 70, 3)):
         worker.submit(Frame(image_msg(rgb, i * 10**9), i * 10**9, "cam"))
         deadline = time.monotonic() + 10
         while not worker.idle() and time.monotonic() < deadline:

@@ -28,7 +28,7 @@ def test_build_map_with_poses_resumes_and_replays(tmp_path, nordland):
     from selavpr_ros.offline.build_map import build_map
     from selavpr_ros.transport.image_decoding import encode_image
 
-    imgs = _frames(nordland, "summer", 2700, 30)
+    imgs = _frames(nordland, "summer", 100, 30)
     stamps = [T0 + i * 10**8 for i in range(30)]
     poses = [Pose((1.5 * i, 0.0, 0.0)) for i in range(30)]
     bag = write_image_bag(tmp_path / "summer", imgs, stamps, poses=poses)
@@ -65,9 +65,9 @@ def test_cli_build_map_and_replay(tmp_path, nordland):
     import subprocess
     import sys
 
-    summer = write_image_bag(tmp_path / "summer", _frames(nordland, "summer", 2700, 20),
+    summer = write_image_bag(tmp_path / "summer", _frames(nordland, "summer", 100, 20),
                              [T0 + i * 10**9 for i in range(20)])
-    winter = write_image_bag(tmp_path / "winter", _frames(nordland, "winter", 2700, 20),
+    winter = write_image_bag(tmp_path / "winter", _frames(nordland, "winter", 100, 20),
                              [T0 + 10**12 + i * 10**9 for i in range(20)], storage="mcap", compressed=True)
     run = [sys.executable, "-m", "selavpr_ros"]
     p = subprocess.run([*run, "build-map", str(summer), "--image-topic", "/camera/image_raw", "--out",

@@ -30,7 +30,7 @@ TINY_MODEL = {
 
 def write_config(tmp_path: Path, nordland: Path, name: str = "train.yaml", **overrides) -> Path:
     cfg = {
-        "data": {"kind": "sequence", "root": str(nordland), "train_span": [0.0, 0.06], "val_span": [0.94, 1.0]},
+        "data": {"kind": "sequence", "root": str(nordland), "train_span": [0.0, 0.6], "val_span": [0.7, 1.0]},
         "model": TINY_MODEL,
         "augment": {"enabled": False},
         "places_per_batch": 8,
