@@ -279,6 +279,30 @@ class CameraModel:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
 
+# -- model identity ------------------------------------------------------------------
+MODEL_ID_FORMAT = "2"  # ids written before it named the weights only
+
+
+def model_id(method: str, weights: str, config: dict[str, Any]) -> str:
+    """``method:hash`` of what makes descriptors: the weights (``weights``, their fingerprint) and the
+    whole model configuration (input size, preprocessing, method options), its free-text ``name`` and
+    the path its trunk weights came from aside. Two models with one id give the same descriptors; a map
+    refuses every other id, so a 224 x 224 import is never queried with its 322 x 322 twin."""
+    relevant = {k: v for k, v in config.items() if k != "name"}
+    if isinstance(relevant.get("backbone"), dict):
+        relevant["backbone"] = {k: v for k, v in relevant["backbone"].items() if k != "weights"}
+    h = hashlib.blake2b(digest_size=8)
+    h.update(weights.encode())
+    h.update(json.dumps(relevant, sort_keys=True, default=str).encode())
+    return f"{method}:{h.hexdigest()}"
+
+
+def upgrade_model_id(stored: str, config: dict[str, Any] | None) -> str:
+    """An id written before :data:`MODEL_ID_FORMAT` 2 (``method:`` and 16 hex digits of the weights
+    fingerprint) in today's form, given the model configuration stored beside it (unchanged without)."""
+    method, _, weights = stored.partition(":")
+    return stored if not config else model_id(method, weights, config)
+
 
 # -- keyframes ------------------------------------------------------------------------
 def quaternion_to_rotation(q: tuple[float, float, float, float]) -> np.ndarray:

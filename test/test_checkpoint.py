@@ -101,3 +101,45 @@ def test_damaged_files_are_refused(tmp_path, model):
     torch.save(raw, tmp_path / "other_backbone.pt")
     with pytest.raises(CheckpointError, match="has shape .* the model expects"):
         load_checkpoint(tmp_path / "other_backbone.pt")
+
+
+def test_model_id_names_the_configuration_and_old_ids_still_match(tmp_path, model):
+    """Same weights at another input size are another model: a map refuses it. Maps and ONNX files
+    written when ids named the weights only still match the checkpoint they came from."""
+    import json
+    import re
+    import sqlite3
+    from dataclasses import replace
+
+    from selavpr_ros.errors import LayoutMismatchError
+    from selavpr_ros.inference.onnx_backend import OnnxExtractor, _write_metadata, export_onnx, read_metadata
+    from selavpr_ros.mapdb.database import MapDatabase
+
+    small = read_checkpoint(save_checkpoint(model, tmp_path / "a.pt").path)
+    model.config = model.config.with_input(70, 98)
+    large = read_checkpoint(save_checkpoint(model, tmp_path / "b.pt").path)
+    renamed = replace(large.config, name="another name")
+    assert small.fingerprint == large.fingerprint and small.model_id != large.model_id
+    assert small.layout == large.layout  # the descriptors' shape alone cannot tell them apart
+    assert replace(large, config=renamed).model_id == large.model_id  # a free-text name is not the model
+    with MapDatabase.create(tmp_path / "map", small.layout, small.model_id, small.config.to_dict()) as db:
+        with pytest.raises(LayoutMismatchError, match=re.escape(f"built with model {small.model_id}, not "
+                                                                f"{large.model_id}; descriptors of different weights or "
+                                                                "configuration")):
+            db.check_model(large.layout, large.model_id)
+    legacy = f"{small.config.method}:{small.fingerprint[:16]}"  # the id format before the configuration counted
+    conn = sqlite3.connect(tmp_path / "map" / "map.sqlite")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'model_id'", (legacy,))
+    conn.execute("DELETE FROM meta WHERE key = 'model_id_format'")
+    conn.commit()
+    conn.close()
+    with MapDatabase.open(tmp_path / "map") as old:
+        assert old.model_id == small.model_id
+        old.check_model(small.layout, small.model_id)
+    onnx = tmp_path / "a.onnx"
+    export_onnx(small.build(), onnx, model_id=legacy)
+    meta = read_metadata(onnx)
+    del meta["model_id_format"]
+    _write_metadata(onnx, meta)
+    assert OnnxExtractor(onnx, device="cpu").model_id == small.model_id
+    assert json.loads(meta["model_config"]) == small.config.to_dict()

@@ -181,3 +181,13 @@ def test_map_dataset_without_images(tmp_path, nordland):
     m = _posed_map(tmp_path, nordland, with_images=False)
     with pytest.raises(DatasetError, match="--pose-topic and --save-images"):
         load_map_poses(m)
+
+
+def test_sequence_spans_must_leave_the_tolerance_between_them():
+    from selavpr_ros.datasets.sequence import check_spans
+
+    check_spans(3576, {"train": (0.0, 0.6), "validation": (0.65, 0.8), "test": (0.85, 1.0)}, 2)
+    with pytest.raises(DatasetError, match=r"train span \(0.0, 0.7\) and validation span \(0.7, 1.0\) leave 0 frames"):
+        check_spans(3576, {"train": (0.0, 0.7), "validation": (0.7, 1.0)}, 2)
+    with pytest.raises(DatasetError, match="validation span .* and test span"):
+        check_spans(200, {"train": (0.0, 0.5), "validation": (0.6, 0.9), "test": (0.8, 1.0)}, 2)

@@ -206,3 +206,19 @@ def test_precomputed_layout_from_npy_lists(tmp_path, subset):
     report, _ = evaluate(open_extractor(builtin_checkpoint(), device="cpu"), ev, ["binary", "float"],
                          progress=False)
     assert report.recall["+ float re-rank"][5] > 30.0
+
+
+def test_eval_range_picks_a_span_of_the_route(tmp_path, subset, capsys):
+    """--range evaluates one span (a held-out test span): its places only, as queries and database."""
+    ev = load_eval_set(subset, threshold="2frames", cache_dir=tmp_path / "gt", span=(0.75, 1.0))
+    assert len(ev.queries) == len(ev.database) == 50 and ev.queries[0].name == sorted(
+        p.name for p in (subset / "winter").iterdir())[150]
+    assert ev.positives[0].tolist() == [0, 1, 2]
+    out = tmp_path / "report"
+    assert main(["eval", "--dataset", str(subset), "--range", "0.75:1.0", "--out", str(out), "--quiet",
+                 "--device", "cpu"]) == 0
+    assert json.loads((out / "report.json").read_text())["queries"] == 50
+    with pytest.raises(DatasetError, match="sequence layout only"):
+        load_eval_set(tmp_path / "report", layout="utm", span=(0.0, 0.5), cache_dir=tmp_path / "gt")
+    assert main(["eval", "--dataset", str(subset), "--range", "0.9:0.2"]) == 2
+    assert "START < STOP" in capsys.readouterr().err

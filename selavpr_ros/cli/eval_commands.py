@@ -16,11 +16,24 @@ report.json, report.md and PNG figures to --out.
 
 Layouts (detected): images/<split>/{database,queries} with @utm_e@utm_n@
 names (threshold in metres, default 25m); traversal folders with the same file
-names, e.g. summer/ winter/ (threshold in frames, default 2frames);
+names, e.g. summer/ winter/ (threshold in frames, default 2frames: positions
+in the sorted names, so on a folder holding every 4th frame of a route +-2 is
++-8 of the route; --range picks a span of the route, e.g. a test span);
 <name>_{dbImages,qImages,gt}.npy (precomputed, GSV-Cities validation sets); a
 map built by `build-map --save-images --pose-topic` with --query-map
 (metres). Ground truth is cached in ~/.cache/selavpr_ros/gt.
 """
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    """``0.85:1.0`` -> (0.85, 1.0): a part of a sequence, as fractions of its frames."""
+    try:
+        lo, hi = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise ConfigError(f"--range takes START:STOP as fractions of the route, e.g. 0.85:1.0, got {text!r}") from None
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ConfigError(f"--range {text}: need 0 <= START < STOP <= 1")
+    return lo, hi
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -35,7 +48,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     folders = tuple(args.folders.split(","))
     if len(folders) != 2:
         raise ConfigError("--folders takes DATABASE,QUERIES (two folder names)")
-    ev = load_eval_set(args.dataset, args.layout, args.threshold, args.split, folders, args.query_map)
+    ev = load_eval_set(args.dataset, args.layout, args.threshold, args.split, folders, args.query_map,
+                       span=parse_range(args.range) if args.range else None)
     if args.max_queries:
         import numpy as np
 
@@ -103,6 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", default="auto", choices=("auto", "utm", "sequence", "precomputed", "map"))
     p.add_argument("--split", default="test", help="utm layout: images/<split>/")
     p.add_argument("--folders", default="summer,winter", help="sequence layout: DATABASE,QUERIES folders")
+    p.add_argument("--range", metavar="START:STOP", help="sequence layout: evaluate this part of the route only, "
+                   "as fractions of its frames (e.g. 0.85:1.0, a held-out test span); default the whole route")
     p.add_argument("--query-map", help="map layout: the query map")
     p.add_argument("--out", default="eval_report", help="report folder")
     p.add_argument("--k", type=int, default=100, help="candidates from the binary stage")

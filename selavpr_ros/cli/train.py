@@ -16,36 +16,50 @@ import yaml
 from selavpr_ros.cli import HelpFormatter
 from selavpr_ros.errors import ConfigError, SelaVPRError
 
-EPILOG = """\
-The config is YAML with these sections (every key is validated; see
-training/configs/*.yaml and the README's training section):
-
-  data:      kind (sequence | utm | gsv_cities | map), root, folders,
-             train_span, val_span, frames_per_place, tolerance_frames,
-             train_split, val_split, train_radius_m, eval_radius_m,
-             cities, min_images_per_place, val_root
-  model:     a model config (path or mapping, as in config/models/*.yaml)
-  init_checkpoint: start from this checkpoint instead of `model`
-  loss:      name (auto | triplet | multi_similarity | graded_regression |
-             generalized_contrastive), margin, local_weight, ms_alpha,
-             ms_beta, ms_base, miner_epsilon, hash_weight, tau,
-             fov_aperture_deg, fov_radius_m, pairs_per_batch
-  augment:   enabled, shift, scale, brightness, contrast, grayscale
-  cache:     enabled, views, dir, dtype   (trunk-output cache, SelaVPR++ only)
-  places_per_batch, images_per_place, epochs, lr, weight_decay, schedule
-  (onecycle | cosine | constant), warmup_fraction, patience, recall_at,
-  seed, device, amp, threads, checkpoint_every_steps, max_minutes,
-  tensorboard, checkpoint_half, output
-
+EPILOG_END = """\
 A run with a state.pt in its output folder resumes from it (same config
-required); --fresh starts over. Exit codes: 0 done, 1 data/checkpoint error,
-2 configuration error, 130 interrupted (the state is saved every epoch and
-every checkpoint_every_steps steps).
+required); --fresh starts over. With deterministic: true two runs of one
+config give bit-identical weights and metrics on one machine (one CPU
+thread, deterministic kernels); otherwise runs agree only up to the order
+of multi-threaded float sums, which can move a metric by a few points.
+Exit codes: 0 done, 1 data/checkpoint error, 2 configuration error, 130
+interrupted (the state is saved every epoch and every
+checkpoint_every_steps steps).
 """
 
 
+def config_keys() -> str:
+    """Every key of the training config, generated from its dataclasses (so --help never drifts)."""
+    import dataclasses
+    import textwrap
+    import typing
+
+    from selavpr_ros.training.config import TrainConfig
+
+    def describe(f: dataclasses.Field, hints: dict) -> str:
+        args = typing.get_args(hints[f.name])
+        choices = [a for a in args if isinstance(a, str)]
+        return f"{f.name} ({' | '.join(choices)})" if choices and typing.get_origin(hints[f.name]) is typing.Literal \
+            else f.name
+
+    lines, scalars = [], []
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            inner = typing.get_type_hints(kind)
+            keys = ", ".join(describe(g, inner) for g in dataclasses.fields(kind))
+            lines += textwrap.wrap(keys, 64, initial_indent=f"  {f.name + ':':10s} ", subsequent_indent=" " * 13)
+        else:
+            scalars.append(describe(f, hints))
+    lines += textwrap.wrap(", ".join(scalars), 66, initial_indent="  ", subsequent_indent="  ")
+    return ("The config is YAML with these sections (every key is validated; see\n"
+            "training/configs/*.yaml and the README's training section; model: a model\n"
+            "config, path or mapping, as in config/models/*.yaml):\n\n" + "\n".join(lines) + "\n\n" + EPILOG_END)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="selavpr-train", description=__doc__, epilog=EPILOG,
+    p = argparse.ArgumentParser(prog="selavpr-train", description=__doc__, epilog=config_keys(),
                                 formatter_class=HelpFormatter)
     p.add_argument("config", help="training config (YAML)")
     p.add_argument("--output", help="output folder (overrides the config's `output`)")

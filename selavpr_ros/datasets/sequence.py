@@ -39,6 +39,18 @@ def _frames(n: int, span: tuple[float, float]) -> np.ndarray:
     return np.arange(int(round(lo * n)), int(round(hi * n)))
 
 
+def check_spans(n: int, spans: dict[str, tuple[float, float]], tolerance: int) -> None:
+    """Refuse spans of a sequence that overlap or lie within ``tolerance`` frames of each other: a place
+    near the border would be a true match across the two (training frames leaking into validation)."""
+    frames = {name: _frames(n, span) for name, span in spans.items()}
+    names = sorted(frames, key=lambda k: frames[k][0] if len(frames[k]) else n)
+    for a, b in zip(names, names[1:]):
+        if len(frames[a]) and len(frames[b]) and frames[b][0] - frames[a][-1] <= tolerance:
+            raise DatasetError(
+                f"{a} span {spans[a]} and {b} span {spans[b]} leave {frames[b][0] - frames[a][-1] - 1} frames between "
+                f"them (of {n}); keep more than tolerance_frames {tolerance} apart so no place is in both")
+
+
 def load_sequence_eval(
     root: str | Path,
     database: str = "summer",
@@ -46,7 +58,11 @@ def load_sequence_eval(
     span: tuple[float, float] = (0.0, 1.0),
     tolerance: int = 2,
 ) -> EvalSet:
-    """Queries from one traversal against the database traversal; correct within +-``tolerance`` frames."""
+    """Queries from one traversal against the database traversal; correct within +-``tolerance`` frames.
+
+    A frame is a position in the folders' sorted file names: in a folder that holds every 4th frame of a
+    route, +-2 frames are +-8 frames of the original route.
+    """
     root = Path(root)
     names = frame_names(root, (database, queries))
     frames = _frames(len(names), span)
@@ -56,7 +72,7 @@ def load_sequence_eval(
         database=[root / database / names[f] for f in frames],
         queries=[root / queries / names[f] for f in frames],
         positives=positives,
-        threshold=f"+-{tolerance} frames",
+        threshold=f"+-{tolerance} frames",  # positions in the folders' name order (see the docstring)
     )
 
 

@@ -115,8 +115,12 @@ def _gt_cache_key(root: Path, layout: str, threshold, extra: dict) -> str:
 
 def load_eval_set(root: str | Path, layout: str = "auto", threshold: str | None = None, split: str = "test",
                   folders: tuple[str, str] = ("summer", "winter"), query_map: str | Path | None = None,
-                  cache_dir: Path | None = None) -> EvalSet:
-    """An evaluation set from any supported layout; ground truth is cached on disk after the first time."""
+                  cache_dir: Path | None = None, span: tuple[float, float] | None = None) -> EvalSet:
+    """An evaluation set from any supported layout; ground truth is cached on disk after the first time.
+
+    ``span`` (sequence layout only): the part of the route evaluated, as fractions of its frames, e.g.
+    the held-out test span (0.85, 1.0); queries and database both come from it.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found")
@@ -125,8 +129,12 @@ def load_eval_set(root: str | Path, layout: str = "auto", threshold: str | None 
     if thr and ((layout == "sequence") != (thr[0] == "frames")) and layout != "precomputed":
         raise DatasetError(f"threshold {threshold} does not fit the {layout} layout "
                            f"({'frames' if layout == 'sequence' else 'metres'} expected)")
+    if span is not None and layout != "sequence":
+        raise DatasetError(f"a span (--range) applies to the sequence layout only; {root} is the {layout} layout")
+    span = span or (0.0, 1.0)
     cache_dir = cache_dir or Path(os.environ.get("SELAVPR_CACHE", Path.home() / ".cache" / "selavpr_ros")) / "gt"
-    key = _gt_cache_key(root, layout, thr, {"split": split, "folders": folders, "query_map": str(query_map)})
+    key = _gt_cache_key(root, layout, thr, {"split": split, "folders": folders, "query_map": str(query_map),
+                                            "span": list(span)})
     cached = cache_dir / f"{key}.json"
     if cached.is_file() and layout != "map":  # maps carry poses and cameras, and are cheap to read again
         data = json.loads(cached.read_text())
@@ -135,7 +143,7 @@ def load_eval_set(root: str | Path, layout: str = "auto", threshold: str | None 
     if layout == "utm":
         ev = load_utm_eval(root, split, thr[1] if thr else 25.0)
     elif layout == "sequence":
-        ev = load_sequence_eval(root, folders[0], folders[1], tolerance=int(thr[1]) if thr else 2)
+        ev = load_sequence_eval(root, folders[0], folders[1], span, tolerance=int(thr[1]) if thr else 2)
     elif layout == "precomputed":
         ev = load_precomputed(root)
     elif layout == "map":

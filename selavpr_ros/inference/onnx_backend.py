@@ -23,7 +23,7 @@ from selavpr_ros.config import from_dict
 from selavpr_ros.errors import CheckpointError
 from selavpr_ros.inference.base import Extractor
 from selavpr_ros.models.config import PreprocessConfig
-from selavpr_ros.types import DescriptorLayout, Descriptors
+from selavpr_ros.types import MODEL_ID_FORMAT, DescriptorLayout, Descriptors, upgrade_model_id
 
 ONNX_FORMAT = "selavpr_ros.onnx"
 DEFAULT_OPSET = 18
@@ -121,6 +121,7 @@ def export_onnx(
         "format": ONNX_FORMAT,
         "package_version": __version__,
         "model_id": model_id,
+        "model_id_format": MODEL_ID_FORMAT,
         "model_config": json.dumps(config.to_dict()),
         "layout": json.dumps(config.layout().to_dict()),
         "precision": "fp32",
@@ -179,7 +180,8 @@ class OnnxExtractor(Extractor):
         self.model_config = json.loads(meta["model_config"])
         self.preprocess = from_dict(PreprocessConfig, self.model_config.get("preprocess"), "preprocess")
         self.layout = DescriptorLayout.from_dict(json.loads(meta["layout"]))
-        self.model_id = meta["model_id"]
+        self.model_id = meta["model_id"] if meta.get("model_id_format") == MODEL_ID_FORMAT else \
+            upgrade_model_id(meta["model_id"], self.model_config)  # exported before ids named the config
         self.precision = meta.get("precision", "fp32")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -38,7 +38,7 @@ from selavpr_ros.geometry.camera import CameraModel
 from selavpr_ros.geometry.features import Keypoints
 from selavpr_ros.mapdb.arrays import RowArray
 from selavpr_ros.mapdb.records import FLAG_HAS_POSE, ROW_META, StorageConfig, StoredLayout, decode_local, encode_local
-from selavpr_ros.types import DescriptorLayout, Descriptors, KeyframeRecord, Pose
+from selavpr_ros.types import MODEL_ID_FORMAT, DescriptorLayout, Descriptors, KeyframeRecord, Pose, upgrade_model_id
 
 SCHEMA_VERSION = 1
 DB_NAME = "map.sqlite"
@@ -51,7 +51,8 @@ CREATE TABLE sessions (
     name TEXT UNIQUE NOT NULL,
     source TEXT NOT NULL DEFAULT '',
     created TEXT NOT NULL,
-    deleted INTEGER NOT NULL DEFAULT 0
+    deleted INTEGER NOT NULL DEFAULT 0,
+    robot_id INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE keyframes (
     id INTEGER PRIMARY KEY,
@@ -66,7 +67,8 @@ CREATE TABLE keyframes (
     covariance BLOB,
     deleted INTEGER NOT NULL DEFAULT 0,
     pose_frame TEXT NOT NULL DEFAULT '',
-    camera_id INTEGER
+    camera_id INTEGER,
+    slam_id INTEGER
 );
 CREATE INDEX keyframes_session ON keyframes(session_id);
 CREATE INDEX keyframes_deleted ON keyframes(deleted) WHERE deleted = 1;
@@ -164,6 +166,7 @@ class MapDatabase:
                 "next_id": "0",
                 "generation": "0",
                 "model_id": model_id,
+                "model_id_format": MODEL_ID_FORMAT,
                 "layout": json.dumps(layout.to_dict()),
                 "storage": json.dumps(to_dict(stored.storage)),
                 "model_config": json.dumps(model_config) if model_config is not None else "null",
@@ -239,10 +242,12 @@ class MapDatabase:
         try:
             layout = DescriptorLayout.from_dict(json.loads(meta["layout"]))
             storage = from_dict(StorageConfig, json.loads(meta["storage"]))
+            model_config = json.loads(meta.get("model_config", "null"))
             self.info = MapInfo(
-                model_id=meta["model_id"],
+                model_id=meta["model_id"] if meta.get("model_id_format") == MODEL_ID_FORMAT else
+                upgrade_model_id(meta["model_id"], model_config),  # built before ids named the configuration
                 stored=StoredLayout(layout, storage),
-                model_config=json.loads(meta.get("model_config", "null")),
+                model_config=model_config,
                 count=int(meta["count"]),
                 generation=int(meta["generation"]),
             )
@@ -339,7 +344,8 @@ class MapDatabase:
         if model_id != self.model_id and not allow_other_weights:
             raise LayoutMismatchError(
                 f"{self.path}: map was built with model {self.model_id}, not {model_id}; descriptors of "
-                "different weights are not comparable (use the map's checkpoint or rebuild the map)"
+                "different weights or configuration (input size, preprocessing, method options) are not comparable "
+                "(use the map's checkpoint or rebuild the map)"
             )
 
     # -- writing ----------------------------------------------------------------

@@ -24,7 +24,7 @@ from selavpr_ros.errors import CheckpointError, ConfigError
 from selavpr_ros.models.config import ModelConfig
 from selavpr_ros.models.vpr import VPRModel, build_model
 from selavpr_ros.models.weights import check_finite, load_strict, read_weights_file
-from selavpr_ros.types import DescriptorLayout
+from selavpr_ros.types import DescriptorLayout, model_id
 
 FORMAT = "selavpr_ros.checkpoint"
 FORMAT_VERSION = 1
@@ -58,8 +58,8 @@ class Checkpoint:
 
     @property
     def model_id(self) -> str:
-        """Stable identifier of these weights (used by maps to refuse foreign models)."""
-        return f"{self.config.method}:{self.fingerprint[:16]}"
+        """Stable identifier of these weights under this configuration (maps refuse any other)."""
+        return model_id(self.config.method, self.fingerprint[:16], self.config.to_dict())
 
     def build(self, device: str | torch.device = "cpu") -> VPRModel:
         """Instantiate the model with these weights (no random initialisation is wasted)."""

@@ -331,3 +331,4 @@ class ModelConfig:
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
         return load_config(cls, path)
+

@@ -19,7 +19,10 @@ class DataConfig:
     """Where training and validation images come from.
 
     ``sequence``: frame-aligned traversals (``folders``; validation queries
-    ``folders[1]`` against database ``folders[0]`` over ``val_span``).
+    ``folders[1]`` against database ``folders[0]`` over ``val_span``;
+    ``test_span``, when given, is held out for the final test and only
+    checked here: the three spans must not overlap, nor come within
+    ``tolerance_frames`` of each other).
     ``utm``: ``images/{train_split,val_split}/{database,queries}/@e@n@..jpg``.
     ``gsv_cities``: ``Dataframes/*.csv`` + ``Images/``; validation from
     ``val_root`` (a utm layout). ``map``: a map built from bags with poses and
@@ -31,6 +34,7 @@ class DataConfig:
     folders: list[str] = field(default_factory=lambda: ["summer", "winter"])
     train_span: tuple[float, float] = (0.0, 0.7)
     val_span: tuple[float, float] = (0.7, 1.0)
+    test_span: tuple[float, float] | None = None
     frames_per_place: int = 2
     tolerance_frames: int = 2
     train_split: str = "train"

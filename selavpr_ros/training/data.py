@@ -13,7 +13,7 @@ import numpy as np
 from selavpr_ros.datasets.base import EvalSet, PlaceSet, PoseSet
 from selavpr_ros.datasets.gsv_cities import load_gsv_cities
 from selavpr_ros.datasets.map_data import load_map_eval, load_map_places, load_map_poses
-from selavpr_ros.datasets.sequence import load_sequence_eval, load_sequence_places
+from selavpr_ros.datasets.sequence import check_spans, frame_names, load_sequence_eval, load_sequence_places
 from selavpr_ros.datasets.utm import load_utm_eval, load_utm_places
 from selavpr_ros.errors import DatasetError, ImageError
 from selavpr_ros.inference.preprocess import load_image, preprocess
@@ -25,6 +25,10 @@ from selavpr_ros.training.config import AugmentConfig, DataConfig
 def load_train_places(cfg: DataConfig) -> PlaceSet:
     """Places for metric-learning losses (triplet, multi-similarity)."""
     if cfg.kind == "sequence":
+        spans = {"train": (cfg.train_span[0], cfg.train_span[1]), "validation": (cfg.val_span[0], cfg.val_span[1])}
+        if cfg.test_span is not None:
+            spans["test"] = (cfg.test_span[0], cfg.test_span[1])
+        check_spans(len(frame_names(cfg.root, tuple(cfg.folders))), spans, cfg.tolerance_frames)
         return load_sequence_places(cfg.root, tuple(cfg.folders), (cfg.train_span[0], cfg.train_span[1]),
                                     cfg.frames_per_place, cfg.tolerance_frames)
     if cfg.kind == "utm":

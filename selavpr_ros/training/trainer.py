@@ -463,7 +463,7 @@ class Trainer:
                 early = self._end_epoch(epoch, time.monotonic() - t0)
                 self.loss_sum, self.loss_count = 0.0, 0
                 self.save_state()
-                if early:
+                if early and self.epoch < self.cfg.epochs:  # patience ran out before the last epoch
                     stopped = "early stopping"
         finally:
             if self.tb is not None:
