@@ -122,11 +122,11 @@ def test_model_id_names_the_configuration_and_old_ids_still_match(tmp_path, mode
     assert small.fingerprint == large.fingerprint and small.model_id != large.model_id
     assert small.layout == large.layout  # the descriptors' shape alone cannot tell them apart
     assert replace(large, config=renamed).model_id == large.model_id  # a free-text name is not the model
-    with MapDatabase.create(tmp_path / "map", small.layout, small.model_id, small.config.to_dict()) as db:
-        with pytest.raises(LayoutMismatchError, match=re.escape(f"built with model {small.model_id}, not "
-                                                                f"{large.model_id}; descriptors of different weights or "
-                                                                "configuration")):
-            db.check_model(large.layout, large.model_id)
+    refusal = re.escape(f"built with model {small.model_id}, not {large.model_id}; descriptors of different "
+                        "weights or configuration")
+    with MapDatabase.create(tmp_path / "map", small.layout, small.model_id, small.config.to_dict()) as db, \
+            pytest.raises(LayoutMismatchError, match=refusal):
+        db.check_model(large.layout, large.model_id)
     legacy = f"{small.config.method}:{small.fingerprint[:16]}"  # the id format before the configuration counted
     conn = sqlite3.connect(tmp_path / "map" / "map.sqlite")
     conn.execute("UPDATE meta SET value = ? WHERE key = 'model_id'", (legacy,))
