@@ -33,8 +33,8 @@ from pathlib import Path
 
 import yaml
 from _common import save
+from _sim import evaluate, posed_map, record, run
 
-from selavpr_ros.cli import main as cli_main
 from selavpr_ros.cli.train import main as train_main
 
 TOLERANCE_M = 5.0
@@ -48,12 +48,6 @@ TRAIN = {
     "patience": 4,
     "seed": 0,
 }
-
-
-def run(args: list[str]) -> None:
-    code = cli_main(args)
-    if code:
-        raise SystemExit(f"selavpr-ros {' '.join(args)} failed ({code})")
 
 
 def validation_session(out: Path) -> Path:
@@ -70,24 +64,6 @@ def validation_session(out: Path) -> Path:
                          progress=False).bag
 
 
-def build_map(bag: Path, out: Path, poses: str) -> None:
-    run(["build-map", str(bag), "--image-topic", "/camera/image_raw", "--out", str(out), "--pose-topic", poses,
-         "--save-images", "--min-interval", "0", "--quiet"])
-
-
-def evaluate(database: Path, queries: Path, checkpoint: str | None, out: Path) -> dict:
-    run(["eval", "--dataset", str(database), "--query-map", str(queries), "--threshold", f"{TOLERANCE_M:g}m",
-         "--stages", "binary,float", "--out", str(out), "--quiet",
-         *(["--checkpoint", checkpoint] if checkpoint else [])])
-    report = json.loads((out / "report.json").read_text())
-    pr = report["precision_recall"]["+ float re-rank"]
-    recall = report["recall"]["+ float re-rank"]
-    return {"R@1": recall["1"], "R@5": recall["5"], "R@20": recall["20"], "auc_pr": pr["auc_pr"],
-            "recall_at_100_precision": 100 * pr["recall_at_100_precision"],
-            "threshold_at_100_precision": pr["threshold_at_100_precision"], "queries": report["queries"],
-            "database": report["database_images"]}
-
-
 def slam(sim: Path, checkpoint: str | None, min_score: float, out: Path) -> dict:
     run(["slam-eval", "--bag", str(sim / "session_a"), "--bag-b", str(sim / "session_b"), "--out", str(out),
          "--min-score", f"{min_score:.6f}", "--quiet", *(["--checkpoint", checkpoint] if checkpoint else [])])
@@ -98,11 +74,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         sim = work / "sim"
-        run(["sim", "--out", str(sim), "--laps", "2", "--quiet"])
+        record(sim, laps=2.0)
         val_bag = validation_session(sim / "session_val")
-        build_map(sim / "session_a", work / "train_map", "/odom")
+        posed_map(sim / "session_a", work / "train_map", "/odom")
         for name, bag in (("a", sim / "session_a"), ("b", sim / "session_b"), ("val", val_bag)):
-            build_map(bag, work / f"{name}_truth", "/ground_truth")
+            posed_map(bag, work / f"{name}_truth")
         config = {"data": {"kind": "map", "root": str(work / "train_map"), "val_root": str(work / "val_truth"),
                            "eval_radius_m": TOLERANCE_M},
                   "init_checkpoint": str(Path(__file__).resolve().parents[1] / "selavpr_ros/data/nordland_demo.ckpt"),
@@ -114,8 +90,8 @@ def main() -> None:
         train_s = time.perf_counter() - t0
         rows = []
         for model, checkpoint in (("built-in", None), ("fine-tuned on A", str(work / "run" / "best.ckpt"))):
-            val = evaluate(work / "a_truth", work / "val_truth", checkpoint, work / f"val_{len(rows)}")
-            test = evaluate(work / "a_truth", work / "b_truth", checkpoint, work / f"test_{len(rows)}")
+            val = evaluate(work / "a_truth", work / "val_truth", checkpoint, work / f"val_{len(rows)}", TOLERANCE_M)
+            test = evaluate(work / "a_truth", work / "b_truth", checkpoint, work / f"test_{len(rows)}", TOLERANCE_M)
             runs = slam(sim, checkpoint, val["threshold_at_100_precision"], work / f"slam_{len(rows)}")
             rows.append({"model": model, "validation": val, "test": test, "min_score_from_validation":
                          val["threshold_at_100_precision"], "slam": runs["runs"]})

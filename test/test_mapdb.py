@@ -259,3 +259,61 @@ def test_disk_full_loses_nothing_committed(tmp_path):
     assert report["codes_intact"] and report["floats_intact"] and report["count_after_reopen"] == report["committed"]
     assert report["check_ok"] and report["repair_ok"]
     assert report["count_after_more"] == report["committed"] + 20 and report["new_rows_ok"]
+
+
+def _in_read_only_mount(folder: Path, code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` (Python) with ``folder`` bind-mounted read-only, in a private mount namespace."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) not available")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WRITER.parent), str(WRITER.parents[1])])}
+    script = f"mount --bind -o ro {folder} {folder} && exec {sys.executable} -c \"$0\""
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script, code], capture_output=True, text=True, env=env,
+                            timeout=120)
+    if result.returncode != 0 and "mount" in result.stderr and "permission" in result.stderr.lower():
+        pytest.skip(f"cannot bind-mount here: {result.stderr.strip()}")
+    return result
+
+
+def test_a_map_on_a_read_only_medium_reads(tmp_path):
+    """Localization, stats and check on a map nobody can write (no WAL shared-memory file can be made);
+    a copy whose WAL still holds commits is refused with what to do, never read without them."""
+    folder = tmp_path / "maps"
+    with MapDatabase.create(folder / "m", LAYOUT, "t:1") as db:
+        desc, recs = rows(0, 12)
+        db.add(desc, recs)
+    code = (
+        "import json, subprocess, sys\n"
+        "from selavpr_ros.mapdb.database import MapDatabase\n"
+        f"db = MapDatabase.open({str(folder / 'm')!r})\n"
+        "out = {'count': db.count, 'stamp': int(db.rows['stamp_ns'][11]), 'writable': db.writable}\n"
+        "db.close()\n"
+        f"check = subprocess.run([sys.executable, '-m', 'selavpr_ros', 'map', 'check', {str(folder / 'm')!r}],"
+        " capture_output=True, text=True)\n"
+        "out['check'] = [check.returncode, check.stdout]\n"
+        "print(json.dumps(out))\n"
+    )
+    result = _in_read_only_mount(folder, code)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["count"] == 12 and out["stamp"] == 11000 and not out["writable"]
+    assert out["check"][0] == 0 and "OK, 12 committed entries" in out["check"][1]
+
+    import shutil
+
+    writer = MapDatabase.open(folder / "m", "w")  # a copy taken while a writer has commits in its WAL
+    desc, recs = rows(12, 5)
+    writer.add(desc, recs)
+    shutil.copytree(folder / "m", tmp_path / "copy" / "m")
+    writer.close()
+    code = (
+        "from selavpr_ros.errors import MapError\n"
+        "from selavpr_ros.mapdb.database import MapDatabase\n"
+        "try:\n"
+        f"    MapDatabase.open({str(tmp_path / 'copy' / 'm')!r})\n"
+        "except MapError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = _in_read_only_mount(tmp_path / "copy", code)
+    assert "read-only folder" in result.stdout and "still holds committed changes" in result.stdout, result.stderr

@@ -200,6 +200,8 @@ class MapDatabase:
 
     @staticmethod
     def _connect(db: Path, writable: bool) -> sqlite3.Connection:
+        if not writable and not os.access(db.parent, os.W_OK):
+            return MapDatabase._connect_immutable(db)
         try:
             conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -207,6 +209,28 @@ class MapDatabase:
             conn.execute("PRAGMA foreign_keys=ON")
             if not writable:
                 conn.execute("PRAGMA query_only=ON")
+            return conn
+        except sqlite3.DatabaseError as exc:
+            raise MapError(f"{db}: not a readable SQLite database ({exc})") from None
+
+    @staticmethod
+    def _connect_immutable(db: Path) -> sqlite3.Connection:
+        """A map in a folder nobody can write (read-only medium, mount or permissions): SQLite cannot
+        create the WAL's shared-memory file there, so the map is opened as an immutable file. That is
+        exact when everything is folded into the database file, as closing a writer leaves it; a
+        WAL file with content would be ignored, so it is refused instead."""
+        from urllib.parse import quote
+
+        wal = db.with_name(db.name + "-wal")
+        if wal.is_file() and wal.stat().st_size > 0:
+            raise MapError(
+                f"{db.parent}: the map is in a read-only folder and {wal.name} still holds committed changes that "
+                "only a writer can fold in; open it once where it is writable (a copy will do), then use it here")
+        try:
+            conn = sqlite3.connect(f"file:{quote(str(db))}?mode=ro&immutable=1", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA query_only=ON")
+            conn.execute("SELECT 1 FROM meta LIMIT 1")
             return conn
         except sqlite3.DatabaseError as exc:
             raise MapError(f"{db}: not a readable SQLite database ({exc})") from None
