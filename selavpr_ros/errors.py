@@ -43,6 +43,14 @@ class LayoutMismatchError(MapError):
     """Descriptors or a model do not have the map's descriptor layout."""
 
 
+class MapNotFoundError(MapError):
+    """No map at the path (nothing there, a file, or a folder without a map): nothing to check or repair."""
+
+
+class MapVersionError(MapError):
+    """A map written by a newer selavpr_ros, or with metadata this version cannot read."""
+
+
 class MapLockedError(MapError):
     """Another process holds the map open for writing."""
 

@@ -159,10 +159,12 @@ def test_repair_drops_only_an_uncommitted_tail(tmp_path):
     db = make(tmp_path, 10)
     db.close()
     path = tmp_path / "map"
+    with open(path / "codes.0.bin", "ab") as f:  # a crashed add: codes written, float torn
+        f.write(b"\x01" * 64 * 2)
     with open(path / "float.0.bin", "ab") as f:
-        f.write(b"\x01" * 200)  # a crashed add's torn tail
+        f.write(b"\x01" * 200)
     report = check_map(path)
-    assert report.ok and report.torn_bytes == {"float.0.bin": 200}
+    assert report.ok and report.torn_bytes == {"codes.0.bin": 128, "float.0.bin": 200}
     after = repair_map(path)
     assert after.ok and not after.torn_bytes and after.committed == 10
     assert (path / "float.0.bin").stat().st_size == 10 * 64 * 2
@@ -317,3 +319,110 @@ def test_a_map_on_a_read_only_medium_reads(tmp_path):
     )
     result = _in_read_only_mount(tmp_path / "copy", code)
     assert "read-only folder" in result.stdout and "still holds committed changes" in result.stdout, result.stderr
+
+
+def test_check_and_repair_refuse_arrays_that_contradict_the_layout_metadata(tmp_path):
+    """Metadata saying float16 over a float32 file: the surplus is committed data, not a crashed add's
+    tail. check says DAMAGED and why; repair refuses and leaves every byte as it was."""
+    import sqlite3
+
+    path = tmp_path / "map"
+    with MapDatabase.create(path, LAYOUT, "t:1", storage=StorageConfig(float_dtype="float32")) as db:
+        desc, recs = rows(0, 10)
+        db.add(desc, recs)
+    floats = (path / "float.0.bin").read_bytes()
+    conn = sqlite3.connect(path / "map.sqlite")
+    storage = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'storage'").fetchone()[0])
+    edited = json.dumps({**storage, "float_dtype": "float16"})
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'storage'", (edited,))
+    conn.commit()
+    conn.close()
+    report = check_map(path)
+    assert not report.ok and "does not match the map's layout metadata" in report.problems[0]
+    assert "float.0.bin" in report.problems[0] and "codes.0.bin" in report.problems[0]
+    with pytest.raises(MapError, match="cannot repair without losing committed entries"):
+        repair_map(path)
+    assert (path / "float.0.bin").read_bytes() == floats
+    # a real crashed add still is a tail that repair drops
+    ok = tmp_path / "ok"
+    with MapDatabase.create(ok, LAYOUT, "t:1") as db:
+        desc, recs = rows(0, 10)
+        db.add(desc, recs)
+    with open(ok / "codes.0.bin", "ab") as f:
+        f.write(b"\1" * 64 * 3)
+    with open(ok / "float.0.bin", "ab") as f:
+        f.write(b"\1" * 100)
+    report = check_map(ok)
+    assert report.ok and set(report.torn_bytes) == {"codes.0.bin", "float.0.bin"}
+    assert repair_map(ok).ok and check_map(ok).torn_bytes == {}
+
+
+def test_a_failed_add_leaves_no_empty_session(tmp_path):
+    with MapDatabase.create(tmp_path / "map", LAYOUT, "t:1") as db:
+        desc, recs = rows(0, 4)
+        db.add(desc, recs, session="a")
+        bad = Descriptors(desc.codes, np.full_like(desc.descriptors, np.nan), desc.hash_z, desc.local_features)
+        with pytest.raises(MapError, match="NaN"):
+            db.add(bad, rows(4, 4)[1], session="c")
+        broken = rows(4, 4)[1]
+        broken[2].stamp_ns = "not a stamp"  # fails inside the commit, after the arrays were written
+        with pytest.raises((MapError, TypeError, ValueError)):
+            db.add(rows(4, 4)[0], broken, session="c")
+        assert db.sessions() == {"a": 4} and db.count == 4
+        db.add(*rows(4, 2), session="c")
+        assert db.sessions() == {"a": 4, "c": 2}
+    assert check_map(tmp_path / "map").ok
+
+
+def test_map_tools_name_what_is_wrong_without_a_traceback(tmp_path, capsys):
+    import sqlite3
+
+    from selavpr_ros.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("not a map")
+    for call in (lambda: MapDatabase.create(afile, LAYOUT, "t:1"), lambda: MapDatabase.open(afile)):
+        with pytest.raises(MapError, match="is a file, not a map folder"):
+            call()
+    assert main(["node", "-p", f"map_path:={afile}", "-p", "device:=cpu"]) != 0
+    assert "is a file, not a map folder" in capsys.readouterr().err
+    assert main(["map", "check", str(tmp_path / "nothing")]) == 2
+    assert "NOT CHECKED" in capsys.readouterr().out  # not "DAMAGED, 0 committed entries"
+    make(tmp_path, 3).close()
+    conn = sqlite3.connect(tmp_path / "map" / "map.sqlite")
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    assert main(["map", "check", str(tmp_path / "map")]) == 2
+    out = capsys.readouterr().out
+    assert "NOT CHECKED" in out and "newer selavpr_ros" in out
+    conn.execute("UPDATE meta SET value = 'one' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(MapError, match="schema_version 'one' is not a number"):
+        MapDatabase.open(tmp_path / "map")
+    assert main(["map", "check", str(tmp_path / "map")]) == 1
+    assert "DAMAGED" in capsys.readouterr().out
+    assert main(["map", "repair", str(tmp_path / "map")]) != 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_read_only_filesystem_refuses_writers_with_a_message(tmp_path):
+    folder = tmp_path / "maps"
+    make(folder, 3).close()
+    code = (
+        "import sys\n"
+        "sys.path.insert(0, 'test')\n"
+        "from _map_writer import LAYOUT\n"
+        "from selavpr_ros.errors import MapError\n"
+        "from selavpr_ros.mapdb.database import MapDatabase\n"
+        "for call in (lambda: MapDatabase.create(" f"{str(folder / 'new')!r}" ", LAYOUT, 't:1'),\n"
+        "             lambda: MapDatabase.open(" f"{str(folder / 'map')!r}" ", 'w')):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except MapError as exc:\n"
+        "        print(exc)\n"
+    )
+    result = _in_read_only_mount(folder, code)
+    assert result.returncode == 0, result.stderr
+    assert "cannot create a map here (Read-only file system)" in result.stdout
+    assert "cannot open the map for writing (Read-only file system)" in result.stdout

@@ -58,6 +58,13 @@ def test_build_map_with_poses_resumes_and_replays(tmp_path, nordland):
         build_map([bad], "/camera/image_raw", tmp_path / "map2", ex, pose_topic="/odom", progress=False)
     with pytest.raises(BagError, match="no pose topic '/gps'"):
         build_map([bad], "/camera/image_raw", tmp_path / "map2", ex, pose_topic="/gps", progress=False)
+    with pytest.raises(BagError, match="/camera/missing"):  # a later bag without the topic, checked before any work
+        build_map([bag, bad], "/camera/missing", tmp_path / "map2", ex, progress=False)
+    assert not (tmp_path / "map2").exists()  # no failed run leaves an empty map tied to the model behind
+    with pytest.raises(BagError, match="no pose topic '/gps'"):  # an existing map is left exactly as it was
+        build_map([bag, bad], "/camera/image_raw", tmp_path / "map", ex, pose_topic="/gps", progress=False)
+    with MapDatabase.open(tmp_path / "map") as db:
+        assert db.count == 15 and db.sessions() == {"run1": 15}
 
 
 def test_cli_build_map_and_replay(tmp_path, nordland):

@@ -11,13 +11,16 @@ from selavpr_ros.mapdb.maintenance import check_map, repair_map
 EPILOG = """\
 examples:
   selavpr-ros map stats maps/campus            # entries, sessions, bytes per entry
-  selavpr-ros map check maps/campus            # exit 0 if healthy, 1 if damaged
+  selavpr-ros map check maps/campus            # exit 0 healthy, 1 damaged, 2 no map / newer schema
   selavpr-ros map repair maps/campus           # drop a crashed add's uncommitted tail
   selavpr-ros map delete-session maps/campus run3 && selavpr-ros map compact maps/campus
 """
 
 
 def _print_report(report) -> None:
+    if report.not_checked:
+        print(f"{report.path}: NOT CHECKED: {report.not_checked}")
+        return
     print(f"{report.path}: {'OK' if report.ok else 'DAMAGED'}, {report.committed} committed entries")
     for line in report.problems:
         print(f"  problem: {line}")
@@ -28,7 +31,7 @@ def _print_report(report) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     report = check_map(args.map)
     _print_report(report)
-    return 0 if report.ok else 1
+    return 0 if report.ok else 2 if report.not_checked else 1
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
@@ -91,7 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, func, text in (
-        ("check", cmd_check, "verify integrity; exit 1 when committed data is damaged"),
+        ("check", cmd_check, "verify integrity; exit 0 when healthy, 1 when committed data is damaged, 2 when "
+                             "there is no map to check (nothing there, a file, a map of a newer schema)"),
         ("repair", cmd_repair, "truncate uncommitted tails left by a crash; keeps every committed entry"),
         ("stats", cmd_stats, "entries, sessions, layout and bytes per entry"),
         ("compact", cmd_compact, "rewrite arrays without deleted keyframes (ids are kept)"),

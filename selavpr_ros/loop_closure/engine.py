@@ -143,9 +143,9 @@ class LoopClosureEngine:
         # Chains carry their length forward, so one query of history is all consistency needs.
         self._previous: list[tuple[int, int, int]] = []
         self._verify_ms = 0.0
-        self._session_id: int | None = None
+        self._session_id: int | None = None  # this session's id once it has keyframes (mapping mode)
         if self.config.mode == "mapping":
-            self._session_id = database.session_id(self.config.session, robot_id=self.config.robot_id)
+            self._session_id = database.find_session(self.config.session, self.config.robot_id)
             self._resume()
 
     def _resume(self) -> None:
@@ -197,6 +197,8 @@ class LoopClosureEngine:
         if self.config.mode == "mapping":
             keypoints = [view.keypoints] if view is not None and view.keypoints is not None else None
             ids = self.db.add(query, [record], session=self.config.session, keypoints=keypoints)
+            if self._session_id is None:  # the session's first keyframe created it
+                self._session_id = self.db.find_session(self.config.session, self.config.robot_id)
             result.keyframe_id = ids[0]
             for c in result.candidates:
                 c.query_keyframe_id = ids[0]

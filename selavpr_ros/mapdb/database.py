@@ -33,7 +33,14 @@ import numpy as np
 
 from selavpr_ros._version import __version__
 from selavpr_ros.config import from_dict, to_dict
-from selavpr_ros.errors import DiskFullError, LayoutMismatchError, MapError, MapLockedError
+from selavpr_ros.errors import (
+    DiskFullError,
+    LayoutMismatchError,
+    MapError,
+    MapLockedError,
+    MapNotFoundError,
+    MapVersionError,
+)
 from selavpr_ros.geometry.camera import CameraModel
 from selavpr_ros.geometry.features import Keypoints
 from selavpr_ros.mapdb.arrays import RowArray
@@ -148,13 +155,18 @@ class MapDatabase:
     ) -> MapDatabase:
         """Create an empty map for a model; the directory must not hold a map already."""
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise MapError(f"{path} is a file, not a map folder; choose a folder for the map")
         if (path / DB_NAME).exists():
             raise MapError(f"{path}: a map exists here already; open it, or choose another directory")
         if path.exists() and any(p.suffix == ".bin" for p in path.iterdir()):
             raise MapError(f"{path}: holds array files but no {DB_NAME}; refusing to overwrite a damaged map")
-        path.mkdir(parents=True, exist_ok=True)
-        _refuse_links(path)
-        lock = cls._acquire_lock(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            _refuse_links(path)
+            lock = cls._acquire_lock(path)
+        except OSError as exc:  # read-only filesystem, permissions, a file where a parent folder should be
+            raise MapError(f"{path}: cannot create a map here ({exc.strerror or exc})") from None
         stored = StoredLayout(layout, storage or StorageConfig())
         conn = cls._connect(path / DB_NAME, writable=True)
         with conn:
@@ -182,14 +194,21 @@ class MapDatabase:
         path = Path(path)
         if mode not in ("r", "w"):
             raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
+        if path.exists() and not path.is_dir():
+            raise MapNotFoundError(f"{path} is a file, not a map folder")
         if not path.is_dir():
-            raise MapError(f"{path}: map not found (no such directory); build one with `selavpr-ros build-map`")
+            raise MapNotFoundError(f"{path}: map not found (no such directory); build one with "
+                                   "`selavpr-ros build-map`")
         _refuse_links(path)
         if not (path / DB_NAME).is_file():
             if any(p.suffix == ".bin" for p in path.iterdir()):
                 raise MapError(f"{path}: {DB_NAME} is missing but array files exist; the map's metadata is lost")
-            raise MapError(f"{path}: not a map (no {DB_NAME})")
-        lock = cls._acquire_lock(path) if mode == "w" else None
+            raise MapNotFoundError(f"{path}: not a map (no {DB_NAME})")
+        try:
+            lock = cls._acquire_lock(path) if mode == "w" else None
+        except OSError as exc:  # a read-only filesystem or folder: no writer can work here
+            raise MapError(f"{path}: cannot open the map for writing ({exc.strerror or exc}); "
+                           "open it read-only (localization) or copy it somewhere writable") from None
         try:
             conn = cls._connect(path / DB_NAME, writable=mode == "w")
             return cls(path, conn, writable=mode == "w", lock_file=lock)
@@ -257,9 +276,13 @@ class MapDatabase:
             meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
             raise MapError(f"{self.path}: metadata unreadable ({exc})") from None
-        version = int(meta.get("schema_version", "0"))
+        try:
+            version = int(meta.get("schema_version", "0"))
+        except ValueError:
+            raise MapError(f"{self.path}: schema_version {meta.get('schema_version')!r} is not a number; "
+                           "the metadata was edited or is corrupt") from None
         if version > SCHEMA_VERSION:
-            raise MapError(
+            raise MapVersionError(
                 f"{self.path}: map schema {version} was written by a newer selavpr_ros "
                 f"({meta.get('package_version')}); this version reads schema {SCHEMA_VERSION}. Upgrade."
             )
@@ -300,6 +323,7 @@ class MapDatabase:
         if "robot_id" not in session_columns and self.writable:
             self._conn.execute("ALTER TABLE sessions ADD COLUMN robot_id INTEGER NOT NULL DEFAULT 0")
             session_columns.add("robot_id")
+        self._has_robot_ids = "robot_id" in session_columns
         if self.writable:
             self._conn.executescript(_GEOMETRY_SCHEMA)
         tables = {t for (t,) in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -377,26 +401,19 @@ class MapDatabase:
         if not self.writable:
             raise MapError(f"{self.path}: map is open read-only")
 
-    def session_id(self, name: str, source: str = "", robot_id: int = 0) -> int:
-        """Id of session ``name``, created on first use for robot ``robot_id``; a session belongs to one
-        robot, so naming it for another is refused."""
-        self._require_writable()
+    def find_session(self, name: str, robot_id: int = 0) -> int | None:
+        """Id of session ``name``, or None before its first keyframe; a session belongs to one robot, so
+        naming it for another is refused."""
         with self._mutex:
-            if name not in self._sessions:
-                cur = self._conn.execute(
-                    "INSERT INTO sessions (name, source, created, robot_id) VALUES (?, ?, ?, ?)",
-                    (name, source, _now(), int(robot_id)),
-                )
-                rowid = cur.lastrowid
-                assert rowid is not None  # set by the INSERT just above
-                self._sessions[name] = int(rowid)
-                return self._sessions[name]
-            (owner,) = self._conn.execute("SELECT robot_id FROM sessions WHERE id = ?",
-                                          (self._sessions[name],)).fetchone()
-            if int(owner) != int(robot_id):
-                raise MapError(f"{self.path}: session {name!r} belongs to robot {owner}, not robot {robot_id}; "
-                               "give this robot a session of its own")
-            return self._sessions[name]
+            sid = self._sessions.get(name)
+            if sid is None:
+                return None
+            (owner,) = self._conn.execute("SELECT robot_id FROM sessions WHERE id = ?", (sid,)).fetchone() \
+                if self._has_robot_ids else (0,)
+        if int(owner) != int(robot_id):
+            raise MapError(f"{self.path}: session {name!r} belongs to robot {owner}, not robot {robot_id}; "
+                           "give this robot a session of its own")
+        return sid
 
     def _validate(self, desc: Descriptors, records: Sequence[KeyframeRecord]) -> None:
         layout = self.layout
@@ -443,7 +460,12 @@ class MapDatabase:
         if not records:
             return []
         with self._mutex:
-            sid = self.session_id(session, records[0].source, records[0].robot_id)
+            sid = self.find_session(session, records[0].robot_id)
+            new_session = None
+            if sid is None:  # created in the commit's transaction: a failed add leaves no empty session
+                (top,) = self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM sessions").fetchone()
+                sid = int(top) + 1
+                new_session = (sid, session, records[0].source, _now(), int(records[0].robot_id))
             start = self.info.count
             ids = list(range(self._next_id, self._next_id + len(records)))
             rows_meta = np.zeros(len(records), ROW_META)
@@ -458,7 +480,7 @@ class MapDatabase:
                     assert desc.local_features is not None  # _validate requires them when the map stores local
                     self._arrays["local"].write_rows(start, encode_local(desc.local_features, self.info.stored.storage))
                 self._arrays["rows"].write_rows(start, rows_meta)
-                self._commit(start, ids, sid, records, keypoints)
+                self._commit(start, ids, sid, records, keypoints, new_session)
             except DiskFullError as exc:
                 raise DiskFullError(
                     f"{exc}; nothing of these {len(records)} keyframes was added, committed entries are intact"
@@ -476,7 +498,7 @@ class MapDatabase:
         return int(self._conn.execute("SELECT id FROM cameras WHERE digest = ?", (digest,)).fetchone()[0])
 
     def _commit(self, start: int, ids: list[int], sid: int, records: Sequence[KeyframeRecord],
-                keypoints: Sequence[Keypoints | None] | None = None) -> None:
+                keypoints: Sequence[Keypoints | None] | None = None, new_session: tuple | None = None) -> None:
         values = []
         for i, (kid, r) in enumerate(zip(ids, records)):
             p = r.pose
@@ -491,6 +513,9 @@ class MapDatabase:
         blobs = [(kid, kp.to_bytes()) for kid, kp in zip(ids, keypoints or ()) if kp is not None]
         try:
             self._conn.execute("BEGIN IMMEDIATE")
+            if new_session is not None:
+                self._conn.execute("INSERT INTO sessions (id, name, source, created, robot_id) VALUES (?, ?, ?, ?, ?)",
+                                   new_session)
             for row, r in zip(values, records):
                 row[-1] = self._camera_id(r.camera)
             self._conn.executemany(
@@ -511,6 +536,8 @@ class MapDatabase:
             raise MapError(f"{self.path}: could not commit ({exc}); nothing was added") from None
         self.info.count = new_count
         self._next_id = ids[-1] + 1
+        if new_session is not None:
+            self._sessions[new_session[1]] = sid
 
     def snapshot(self, dest: str | os.PathLike) -> int:
         """Copy the committed map to the new directory ``dest``; returns the entries copied.

@@ -12,6 +12,7 @@ missing. Keyframes are committed in small groups, each atomically.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,7 +93,13 @@ def build_map(
     """
     if sessions is not None and len(sessions) != len(bags):
         raise BagError(f"{len(sessions)} session names for {len(bags)} bags")
+    for bag in bags:  # every input is checked before the map is created or touched
+        with open_bags([bag]) as reader:
+            image_connections(reader, image_topic)
+            if pose_topic:
+                load_pose_track(reader, pose_topic, base_frame=base_frame, map_frame=map_frame)
     out = Path(out)
+    created = not out.exists()
     db = open_map(out, extractor, "mapping", storage)
     reports = []
     try:
@@ -102,8 +109,13 @@ def build_map(
             reports.append(_build_session(db, Path(bag), name, image_topic, extractor, pose_topic, base_frame,
                                           map_frame, gate or KeyframeGateConfig(), save_images, max_pose_gap_s,
                                           commit_every, progress, geometry))
-    finally:
+    except BaseException:
+        empty = db.count == 0
         db.close()
+        if created and empty:  # this run made the folder and put nothing in it: leave no empty map behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    db.close()
     return reports
 
 
