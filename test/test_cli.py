@@ -67,3 +67,21 @@ def test_import_then_export_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "selavpr.onnx").is_file()
     assert "descriptors_max_abs" in result.stdout and "local_max_abs" in result.stdout
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`selavpr-ros map stats --json MAP | head -1`: the reader leaves early; no traceback."""
+    import subprocess
+    import sys
+
+    from _map_writer import LAYOUT, rows
+
+    from selavpr_ros.mapdb.database import MapDatabase
+
+    with MapDatabase.create(tmp_path / "map", LAYOUT, "t:1") as db:
+        db.add(*rows(0, 3))
+    proc = subprocess.Popen([sys.executable, "-m", "selavpr_ros", "map", "stats", "--json", str(tmp_path / "map")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err

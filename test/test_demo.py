@@ -58,3 +58,13 @@ def test_demo_refuses_a_foreign_folder(tmp_path):
     (tmp_path / "mine" / "thesis.tex").write_text("x")
     assert main(["demo", "--out", str(tmp_path / "mine"), "--quiet"]) == 2
     assert (tmp_path / "mine" / "thesis.tex").is_file()
+
+
+def test_a_bad_checkpoint_leaves_the_previous_demo_outputs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / ".selavpr_demo").touch()
+    (out / "candidates.json").write_text("[]")  # what an earlier run left
+    assert main(["demo", "--out", str(out), "--checkpoint", str(tmp_path / "missing.ckpt"), "--quiet"]) != 0
+    assert "missing.ckpt" in capsys.readouterr().err
+    assert (out / "candidates.json").read_text() == "[]"

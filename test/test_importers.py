@@ -89,6 +89,23 @@ def test_bad_files_are_refused_with_reasons(tmp_path):
         load_dinov2_pretrain(model.backbone, model.config.backbone, _save(sd, tmp_path / "extra.pth"))
     with pytest.raises(CheckpointError, match="not a DINOv2 pretrain state dict"):
         load_dinov2_pretrain(model.backbone, model.config.backbone, _save({"x": 1}, tmp_path / "foreign.pth"))
+    (tmp_path / "notes.pth").write_text("hello, these are notes " * 8)  # not a pickle at all
+    with pytest.raises(CheckpointError, match=r"not a PyTorch weights file: .*unknown pickle opcode 101: the file "
+                                              r"is not a pickle\); never load it with weights_only=False"):
+        load_dinov2_pretrain(model.backbone, model.config.backbone, tmp_path / "notes.pth")
+
+
+@pytest.mark.parametrize("kind, release, key", [
+    ("selavpr++", lambda: selavprpp_release(128, 4, side=3, hashing=True), "linear2.weight"),
+    ("selavpr++", lambda: selavprpp_release(128, 4, side=3, hashing=False), "backbone.adapters.0.D_fc1.weight"),
+    ("selavpr", lambda: selavpr_release(128, 4, 0), "LocalAdapt.upconv1.weight"),
+])
+def test_a_release_without_a_key_the_architecture_is_read_from_is_named(tmp_path, kind, release, key):
+    data = release()
+    sd = data["model_state_dict"] if "model_state_dict" in data else data
+    del sd[next(k for k in sd if k.removeprefix("module.") == key)]
+    with pytest.raises(CheckpointError, match=rf"lacks '{key}', which tells the model's architecture"):
+        import_release(kind, _save(data, tmp_path / "partial.pth"))
 
 
 @pytest.mark.parametrize("registers", [0, 4])

@@ -252,3 +252,16 @@ def test_trained_checkpoint_exports_to_onnx(tmp_path, nordland):
     onnx_desc = OnnxExtractor(out).run(batch)
     torch_desc = load_checkpoint(tmp_path / "run" / "best.ckpt")(torch.from_numpy(batch)).descriptors
     np.testing.assert_allclose(onnx_desc.descriptors, torch_desc.detach().numpy(), atol=1e-4)
+
+
+def test_paths_from_the_command_line_resolve_against_the_working_directory(tmp_path, nordland, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    path = write_config(tmp_path / "configs", nordland, **{"data.root": "../data"})
+    assert load_train_config(path).data.root == str((tmp_path / "data").resolve())  # the file's own folder
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert load_train_config(path, {"data.root": "nl"}).data.root == str(work / "nl")  # where the user runs
+    proc = run_cli(str(path), "--set", "data.root=nl", cwd=work)
+    assert proc.returncode == 1 and f"data.root {work / 'nl'} does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -65,14 +65,14 @@ def run_demo(out: Path, checkpoint: str | None, device: str, quiet: bool = False
     from selavpr_ros.offline.build_map import build_map
     from selavpr_ros.offline.replay import replay, write_outputs
 
+    if out.exists() and not (out / MARKER).is_file():
+        raise ConfigError(f"{out} exists and is not a demo folder; choose another --out")
+    extractor = open_extractor(resolve_checkpoint(checkpoint), device=device)  # before anything is removed
     if out.exists():
-        if not (out / MARKER).is_file():
-            raise ConfigError(f"{out} exists and is not a demo folder; choose another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True)
     (out / MARKER).touch()
     summer_bag, winter_bag = write_demo_bags(out)
-    extractor = open_extractor(resolve_checkpoint(checkpoint), device=device)
     build_map([summer_bag], "/camera/image_raw", out / "map", extractor, sessions=["summer"],
               gate=KeyframeGateConfig(min_interval_s=0.0), progress=not quiet)
     # The small demo model's scores are low and its errors repeat (one generic frame attracts many

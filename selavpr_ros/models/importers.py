@@ -69,11 +69,24 @@ def read_release(
     ``what`` describes the release for the error, e.g. ``"SelaVPR release (no adapter1 weights)"``.
     """
     path = resolve_weights(source)
-    sd = unwrap_state_dict(read_weights_file(path))
+    sd = _ReleaseWeights(unwrap_state_dict(read_weights_file(path)))
+    sd.source, sd.what = path, what.split(" (")[0]
     if not is_release(sd):
         raise CheckpointError(f"{path}: not a {what}")
     check_finite(sd, str(path))
     return path, sd, infer_backbone(sd, prefix="backbone.")
+
+
+class _ReleaseWeights(dict):
+    """A release's state dict whose missing key (one the importer reads the architecture from) is an
+    error that says so, not a bare KeyError."""
+
+    source: Path
+    what: str
+
+    def __missing__(self, key: str) -> Tensor:
+        raise CheckpointError(f"{self.source}: this {self.what} lacks {key!r}, which tells the model's "
+                              "architecture; the file is incomplete or of another model")
 
 
 def remap(sd: dict[str, Tensor], rules: list[Rule], source: str) -> dict[str, Tensor]:

@@ -112,14 +112,31 @@ def read_weights_file(path: str | os.PathLike) -> Any:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # the safe unpickler's notes on foreign pickles are not for users
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         text = str(exc)
         if "zip" in text.lower() or "central directory" in text or isinstance(exc, EOFError):
             raise CheckpointError(f"{path}: truncated or corrupt weights file ({text.splitlines()[0]})") from None
         raise CheckpointError(f"{path}: cannot read weights: {text.splitlines()[0] if text else exc!r}") from None
     except Exception as exc:  # unpickling errors of foreign files
-        raise CheckpointError(f"{path}: not a PyTorch weights file ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(
+            f"{path}: not a PyTorch weights file: neither a torch.save archive nor a pickle of tensors and plain "
+            f"containers, which is all the safe loader reads ({_unpickling_reason(exc)}); never load it with "
+            "weights_only=False unless you made it yourself") from None
+
+
+def _unpickling_reason(exc: Exception) -> str:
+    """The one informative line of a refused unpickling (torch's message is a page of advice)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        return detail[0].strip() if detail else "refused"
+    if isinstance(exc, KeyError):
+        return f"unknown pickle opcode {exc.args[0] if exc.args else '?'}: the file is not a pickle"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first[:120]}" if first else type(exc).__name__
 
 
 def check_finite(state_dict: dict[str, Tensor], source: str) -> None:

@@ -166,24 +166,29 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a training config; data and model paths resolve against the file's folder,
-    ``output`` against the working directory. ``overrides`` map dotted keys to values."""
+    """Read a training config; data and model paths written in the file resolve against the file's
+    folder (a config travels with its data), paths given in ``overrides`` (``--set``) and ``output``
+    against the working directory, as command lines do. ``overrides`` map dotted keys to values."""
     path = Path(path)
     data = load_yaml(path)
-    for key, value in (overrides or {}).items():
+    overrides = overrides or {}
+    for key, value in overrides.items():
         _set(data, key.split("."), value)
-    base = path.resolve().parent
     try:
         cfg = from_dict(TrainConfig, data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    cfg.data.root = str(_resolve(base, cfg.data.root))
+
+    def base(key: str) -> Path:
+        return Path.cwd() if key in overrides else path.resolve().parent
+
+    cfg.data.root = str(_resolve(base("data.root"), cfg.data.root))
     if cfg.data.val_root:
-        cfg.data.val_root = str(_resolve(base, cfg.data.val_root))
+        cfg.data.val_root = str(_resolve(base("data.val_root"), cfg.data.val_root))
     if isinstance(cfg.model, str):
-        cfg.model = str(_resolve(base, cfg.model))
+        cfg.model = str(_resolve(base("model"), cfg.model))
     if cfg.init_checkpoint:
-        cfg.init_checkpoint = str(_resolve(base, cfg.init_checkpoint))
+        cfg.init_checkpoint = str(_resolve(base("init_checkpoint"), cfg.init_checkpoint))
     cfg.output = str(Path(cfg.output).expanduser().resolve())  # outputs are relative to where you run
     return cfg
 

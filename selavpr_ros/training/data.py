@@ -22,8 +22,17 @@ from selavpr_ros.training.augment import augment
 from selavpr_ros.training.config import AugmentConfig, DataConfig
 
 
+def check_roots(cfg: DataConfig) -> None:
+    """Name a missing data folder before any loader trips over it."""
+    for key, root in (("data.root", cfg.root), ("data.val_root", cfg.val_root)):
+        if root and not Path(root).exists():
+            raise DatasetError(f"{key} {root} does not exist (relative paths in the config file resolve against "
+                               "its folder, those given with --set against the working directory)")
+
+
 def load_train_places(cfg: DataConfig) -> PlaceSet:
     """Places for metric-learning losses (triplet, multi-similarity)."""
+    check_roots(cfg)
     if cfg.kind == "sequence":
         spans = {"train": (cfg.train_span[0], cfg.train_span[1]), "validation": (cfg.val_span[0], cfg.val_span[1])}
         if cfg.test_span is not None:
@@ -40,6 +49,7 @@ def load_train_places(cfg: DataConfig) -> PlaceSet:
 
 def load_train_poses(cfg: DataConfig) -> PoseSet:
     """Posed images for graded-similarity losses (maps built from bags only)."""
+    check_roots(cfg)
     if cfg.kind != "map":
         raise DatasetError(f"graded-similarity losses need posed images: data.kind must be 'map', not '{cfg.kind}'")
     return load_map_poses(cfg.root)
