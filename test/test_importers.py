@@ -102,7 +102,7 @@ def test_bad_files_are_refused_with_reasons(tmp_path):
 ])
 def test_a_release_without_a_key_the_architecture_is_read_from_is_named(tmp_path, kind, release, key):
     data = release()
-    sd = data["model_state_dict"] if "model_state_dict" in data else data
+    sd = data.get("model_state_dict", data)
     del sd[next(k for k in sd if k.removeprefix("module.") == key)]
     with pytest.raises(CheckpointError, match=rf"lacks '{key}', which tells the model's architecture"):
         import_release(kind, _save(data, tmp_path / "partial.pth"))
