@@ -16,9 +16,9 @@ from selavpr_ros.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "selavpr_ros", *args], capture_output=True, text=True, cwd=ROOT, timeout=600
+        [sys.executable, "-m", "selavpr_ros", *args], capture_output=True, text=True, cwd=cwd, timeout=600
     )
 
 
@@ -63,10 +63,13 @@ def test_import_then_export_end_to_end(tmp_path):
     assert "model id selavpr:" in result.stdout
     info = run_cli("model-info", str(out))
     assert "input       56x84" in info.stdout and "model id    selavpr:" in info.stdout
-    result = run_cli("export-onnx", str(out), "--check")
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_cli("export-onnx", str(out), "--check", cwd=work)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "selavpr.onnx").is_file()
+    assert (work / "selavpr.onnx").is_file() and not (tmp_path / "selavpr.onnx").exists()  # where the user is
     assert "descriptors_max_abs" in result.stdout and "local_max_abs" in result.stdout
+    assert len(result.stdout.splitlines()) + len(result.stderr.splitlines()) < 20  # no exporter log flood
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path):
@@ -85,3 +88,19 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     proc.stdout.close()  # the reader is gone before the first line
     err = proc.stderr.read().decode()
     assert proc.wait(60) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_printed_json_is_strict_and_short():
+    """What commands print parses under strict JSON (no NaN) and carries no 17-digit floats."""
+    import json
+
+    from selavpr_ros.cli import json_text
+
+    text = json_text({"latency_p50_ms": float("nan"), "stage_ms": {"describe": 20.504939999999998},
+                      "rows": [1, float("inf"), 0.1 + 0.2]})
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    assert json.loads(text, parse_constant=refuse) == {"latency_p50_ms": None, "stage_ms": {"describe": 20.5049},
+                                                       "rows": [1, None, 0.3]}

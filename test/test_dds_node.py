@@ -61,7 +61,11 @@ def _stop(proc: subprocess.Popen) -> dict:
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
-    return json.loads(out.strip().splitlines()[-1])
+
+    def refuse(name):  # the final statistics are strict JSON: an unknown figure is null, never NaN
+        raise AssertionError(f"{name} in the node's final JSON")
+
+    return json.loads(out.strip().splitlines()[-1], parse_constant=refuse)
 
 
 @pytest.mark.parametrize("compressed", [False, True])

@@ -15,7 +15,7 @@ import sys
 from selavpr_ros._version import __version__
 from selavpr_ros.errors import SelaVPRError
 
-__all__ = ["HelpFormatter", "build_parser", "main"]
+__all__ = ["HelpFormatter", "build_parser", "json_text", "main"]
 
 COMMAND_MODULES = (
     "selavpr_ros.cli.model_commands",
@@ -31,6 +31,24 @@ COMMAND_MODULES = (
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults in the help, and descriptions/epilogs printed as written."""
+
+
+def json_text(obj, indent: int | None = 1) -> str:
+    """JSON for people and for ``jq``: floats to 6 significant digits, NaN and infinities as null
+    (JSON has no NaN; a statistic without samples is unknown, not a number)."""
+    import json
+    import math
+
+    def clean(x):
+        if isinstance(x, float):
+            return float(f"{x:.6g}") if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(obj), indent=indent)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from selavpr_ros.cli import json_text
 
 BUILD_DESCRIPTION = """\
 Build (or extend) a map from bags: rosbag2 folders (sqlite3 or mcap) and ROS 1
@@ -85,7 +86,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                "bad_frames": result.bad_frames, "stage_ms": result.stage_ms(), "out": str(out)}
     if pipeline.edges_skipped:
         summary["edges_left_out"] = f"{pipeline.edges_skipped} closures: {pipeline.last_edge_problem}"
-    print(json.dumps(summary, indent=1))
+    print(json_text(summary))
     return 0
 
 

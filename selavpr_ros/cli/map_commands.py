@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from selavpr_ros.cli import json_text
 from selavpr_ros.mapdb.database import MapDatabase
 from selavpr_ros.mapdb.maintenance import check_map, repair_map
 
@@ -43,7 +43,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     with MapDatabase.open(args.map, "r") as db:
         stats = db.stats()
     if args.json:
-        print(json.dumps(stats, indent=2))
+        print(json_text(stats, indent=2))
         return 0
     layout = stats["layout"]
     print(f"map        {stats['path']}")

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from selavpr_ros.cli import json_text
 from selavpr_ros.errors import ConfigError
 from selavpr_ros.models.config import ModelConfig
 
@@ -55,7 +56,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
         data = summary.to_dict()
         if ckpt is not None:
             data["model_id"] = ckpt.model_id
-        print(json.dumps(data, indent=2))
+        print(json_text(data, indent=2))
         return 0
     print(format_summary(summary))
     if ckpt is not None:
@@ -91,7 +92,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     model = ckpt.build()
     if args.size:
         model.config = model.config.with_input(*args.size)
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".int8.onnx" if args.int8 else ".onnx")
+    suffix = ".int8.onnx" if args.int8 else ".onnx"
+    out = Path(args.out) if args.out else Path.cwd() / (Path(args.checkpoint).stem + suffix)
     report = export_onnx(model, out, ckpt.model_id, opset=args.opset, int8=args.int8)
     print(
         f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB), opset {report.opset}, {report.precision}, "
@@ -158,7 +160,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", help="selavpr_ros checkpoint (.pt)")
-    p.add_argument("--out", help="output file (default: next to the checkpoint)")
+    p.add_argument("--out", help="output file (default: the checkpoint's name with .onnx, in the working directory; "
+                   "never inside the installed package)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of MatMul/Gemm for CPUs")
     p.add_argument("--size", nargs=2, type=_size, metavar=("H", "W"), help="input size (default: the checkpoint's)")

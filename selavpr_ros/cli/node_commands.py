@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import threading
 import time
+
+from selavpr_ros.cli import json_text
 
 DESCRIPTION = """\
 Run the place-recognition node on a live camera topic without ROS 2: the same
@@ -48,7 +49,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         stats["published"] = node.published
         stats["map_size"] = pipeline.db.count
         pipeline.close()
-        print(json.dumps(stats), flush=True)
+        print(json_text(stats, indent=None), flush=True)
     return 0
 
 

@@ -9,9 +9,12 @@ dynamic N. Outputs: ``codes`` (N, bits/8) uint8, ``descriptors`` (N, D),
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,7 +106,7 @@ def export_onnx(
     with torch.no_grad():
         model(example)  # warms the position-embedding cache that the graph captures as a constant
     fp32_path = path if not int8 else path.with_name(path.stem + ".fp32.onnx")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             _Graph(model),
@@ -131,6 +134,27 @@ def export_onnx(
         quantize_int8(fp32_path, path)
         fp32_path.unlink()
     return ExportReport(path, opset, "int8" if int8 else "fp32", path.stat().st_size, outputs)
+
+
+EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter's own logging (hundreds of INFO lines from its graph optimiser, warnings about
+    operators of packages the model does not use) only with ``-v``: users see one line per export."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
