@@ -29,6 +29,12 @@ COMMAND_MODULES = (
 )
 
 
+# optional imports -> the extra that installs them
+OPTIONAL_MODULES = {"torch": "torch", "onnxruntime": "onnx-runtime", "onnx": "onnx", "onnxscript": "onnx",
+                    "cyclonedds": "dds", "matplotlib": "eval", "gtsam": "slam", "evo": "slam",
+                    "tensorboard": "train"}
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults in the help, and descriptions/epilogs printed as written."""
 
@@ -78,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"selavpr-ros {args.command}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:  # an optional part this command needs is not installed
+        extra = OPTIONAL_MODULES.get(exc.name or "")
+        if extra is None:
+            raise
+        print(f"selavpr-ros {args.command}: error: this needs {exc.name}, which is not installed "
+              f"(pip install 'selavpr_ros[{extra}]')", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as Unix tools do
         import os
 

@@ -46,7 +46,13 @@ def _load_config_or_model(path: str):
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-    from selavpr_ros.models.summary import format_summary, summarize_config
+    try:
+        from selavpr_ros.models.summary import format_summary, summarize_config
+    except ImportError:
+        from selavpr_ros.errors import SelaVPRError
+
+        raise SelaVPRError("model-info builds the model to count its parameters and operations, which needs "
+                           "PyTorch (pip install torch); running an .onnx model does not") from None
 
     config, ckpt = _load_config_or_model(args.model)
     if args.size:
@@ -87,13 +93,15 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from selavpr_ros.inference.onnx_backend import compare_with_torch, export_onnx
     from selavpr_ros.models.checkpoint import read_checkpoint
+    from selavpr_ros.models.zoo import resolve_checkpoint
 
-    ckpt = read_checkpoint(args.checkpoint)
+    source = resolve_checkpoint(args.checkpoint)
+    ckpt = read_checkpoint(source)
     model = ckpt.build()
     if args.size:
         model.config = model.config.with_input(*args.size)
     suffix = ".int8.onnx" if args.int8 else ".onnx"
-    out = Path(args.out) if args.out else Path.cwd() / (Path(args.checkpoint).stem + suffix)
+    out = Path(args.out) if args.out else Path.cwd() / (source.stem + suffix)
     report = export_onnx(model, out, ckpt.model_id, opset=args.opset, int8=args.int8)
     print(
         f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB), opset {report.opset}, {report.precision}, "
@@ -159,7 +167,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "file carries the model config and id, so it is all a robot needs.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("checkpoint", help="selavpr_ros checkpoint (.pt)")
+    p.add_argument("checkpoint", help="selavpr_ros checkpoint (.ckpt/.pt), or builtin:NAME (builtin:nordland_demo)")
     p.add_argument("--out", help="output file (default: the checkpoint's name with .onnx, in the working directory; "
                    "never inside the installed package)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")

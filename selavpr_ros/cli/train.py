@@ -6,14 +6,13 @@ Multi-GPU (or multi-process CPU) training: ``torchrun --nproc_per_node N -m sela
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
 
 import yaml
 
-from selavpr_ros.cli import HelpFormatter
+from selavpr_ros.cli import OPTIONAL_MODULES, HelpFormatter, json_text
 from selavpr_ros.errors import ConfigError, SelaVPRError
 
 EPILOG_END = """\
@@ -84,8 +83,15 @@ def parse_overrides(items: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from selavpr_ros.training.config import load_train_config
-    from selavpr_ros.training.trainer import Trainer, distributed_cleanup
+    try:
+        from selavpr_ros.training.config import load_train_config
+        from selavpr_ros.training.trainer import Trainer, distributed_cleanup
+    except ModuleNotFoundError as exc:
+        if exc.name not in OPTIONAL_MODULES:
+            raise
+        print(f"selavpr-train: error: training needs {exc.name}, which is not installed "
+              f"(pip install 'selavpr_ros[train]')", file=sys.stderr)
+        return 1
 
     try:
         overrides = parse_overrides(args.overrides)
@@ -100,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             trainer = Trainer(cfg, progress=not args.no_progress)
             result = trainer.fit(resume=not args.fresh)
         if trainer.rank == 0:
-            print(json.dumps({"stopped": result.stopped, "epochs": result.epochs_run, "best_epoch": result.best_epoch,
-                              "best_recall": result.best_recall, "checkpoint": str(result.checkpoint),
-                              "world_size": trainer.world}, indent=1))
+            print(json_text({"stopped": result.stopped, "epochs": result.epochs_run, "best_epoch": result.best_epoch,
+                             "best_recall": result.best_recall, "checkpoint": str(result.checkpoint),
+                             "world_size": trainer.world}))
         return 0
     except SelaVPRError as exc:
         print(f"selavpr-train: error: {exc}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from selavpr_ros.errors import CheckpointError
 from selavpr_ros.inference.base import Extractor
 
 
@@ -15,8 +16,16 @@ def open_extractor(path: str | os.PathLike, device: str = "auto", **kwargs) -> E
         from selavpr_ros.inference.onnx_backend import OnnxExtractor
 
         return OnnxExtractor(path, device=device, **kwargs)
-    from selavpr_ros.inference.torch_backend import TorchExtractor
-    from selavpr_ros.models.checkpoint import read_checkpoint
+    try:
+        from selavpr_ros.inference.torch_backend import TorchExtractor
+        from selavpr_ros.models.checkpoint import read_checkpoint
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        raise CheckpointError(
+            f"{path} is a PyTorch checkpoint and PyTorch is not installed (pip install 'selavpr_ros[torch]'); "
+            "a robot without it runs the model's .onnx export (selavpr-ros export-onnx, on a machine with "
+            "PyTorch)") from None
 
     ckpt = read_checkpoint(path)
     return TorchExtractor(ckpt.build(), device=device, model_id=ckpt.model_id, **kwargs)

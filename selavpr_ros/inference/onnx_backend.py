@@ -54,19 +54,39 @@ def _write_metadata(path: Path, meta: dict[str, str]) -> None:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    import onnx
-
+    """The selavpr_ros metadata of an exported file (read with ``onnx`` where installed, else with an
+    ONNX Runtime session: robots need only the runtime)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: ONNX file not found")
     try:
+        import onnx
+    except ImportError:
+        return _checked_metadata(path, _open_session(path, ["CPUExecutionProvider"]))
+    try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf decode errors
         raise CheckpointError(f"{path}: not a readable ONNX file ({exc})") from None
-    meta = {p.key: p.value for p in model.metadata_props}
+    return _checked_metadata(path, {p.key: p.value for p in model.metadata_props})
+
+
+def _checked_metadata(path: Path, source: Any) -> dict[str, str]:
+    """``source``: the metadata mapping, or an ONNX Runtime session holding it."""
+    meta = dict(source.get_modelmeta().custom_metadata_map) if hasattr(source, "get_modelmeta") else source
     if meta.get("format") != ONNX_FORMAT:
         raise CheckpointError(f"{path}: ONNX file was not exported by selavpr_ros (no model metadata)")
     return meta
+
+
+def _open_session(path: Path, providers: list[str], options: Any = None) -> Any:
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: ONNX file not found")
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own Fail/InvalidProtobuf/InvalidGraph
+        raise CheckpointError(f"{path}: not a readable ONNX file ({str(exc).splitlines()[0][:200]})") from None
 
 
 def export_onnx(
@@ -200,19 +220,19 @@ class OnnxExtractor(Extractor):
         import onnxruntime as ort
 
         self.path = Path(path)
-        meta = read_metadata(self.path)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        options.log_severity_level = 3
+        self.providers = select_providers(device)
+        self.session = _open_session(self.path, self.providers, options)
+        meta = _checked_metadata(self.path, self.session)
         self.model_config = json.loads(meta["model_config"])
         self.preprocess = from_dict(PreprocessConfig, self.model_config.get("preprocess"), "preprocess")
         self.layout = DescriptorLayout.from_dict(json.loads(meta["layout"]))
         self.model_id = meta["model_id"] if meta.get("model_id_format") == MODEL_ID_FORMAT else \
             upgrade_model_id(meta["model_id"], self.model_config)  # exported before ids named the config
         self.precision = meta.get("precision", "fp32")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
-        options.log_severity_level = 3
-        self.providers = select_providers(device)
-        self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, batch: np.ndarray) -> Descriptors:

@@ -8,86 +8,122 @@ at K = 100, 61 x 61); here candidates are processed one at a time and, within
 a candidate, in row chunks under a memory budget, keeping running column
 maxima. Ties resolve to the first index, as ``argmax`` does, so the counts
 equal the dense computation exactly.
+
+On the CPU this is NumPy (fp32 matmul through its BLAS): no PyTorch needed,
+so ONNX-only robots re-rank too. PyTorch is used, when installed, for CUDA
+and for the reduced-precision variant (``half``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import torch
 
 from selavpr_ros.retrieval.config import DEFAULT_LOCAL_BUDGET
 
 
-def _as_tensor(x: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
-    if t.dtype == torch.int8:  # int8-stored unit vectors
-        t = t.float() / 127.0
-    return t.to(device=device, dtype=dtype)
+def _unit_rows(x: Any, dim: int) -> np.ndarray:
+    """(L, C) float32 rows of a feature map; int8-stored unit vectors are scaled back."""
+    a = np.asarray(x)
+    a = a.astype(np.float32) / 127.0 if a.dtype == np.int8 else np.asarray(a, np.float32)
+    return np.ascontiguousarray(a.reshape(-1, dim))
 
 
-def _nearest(q: torch.Tensor, d: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For sim = d @ q.T: best q index per d row (row argmax) and best d index per q column (column argmax)."""
+def _nearest(q: Any, d: Any, budget: int, cat: Any = np.concatenate) -> tuple[Any, Any]:
+    """For sim = d @ q.T: best q index per d row (row argmax) and best d index per q column (column argmax).
+
+    Written once for NumPy arrays and PyTorch tensors alike (``cat`` joins the chunks' results).
+    """
     ld, lq = d.shape[0], q.shape[0]
     rows = max(1, budget // max(lq, 1))
-    best_q_for_d = torch.empty(ld, dtype=torch.long, device=d.device)
-    col_val = torch.full((lq,), float("-inf"), dtype=torch.float32, device=d.device)
-    col_idx = torch.zeros(lq, dtype=torch.long, device=d.device)
+    parts = []
+    col_val: Any = None
+    col_idx: Any = None
     qt = q.T
     for s in range(0, ld, rows):
         sim = d[s : s + rows] @ qt  # (rows, Lq)
-        best_q_for_d[s : s + rows] = sim.argmax(dim=1)
-        val, idx = sim.max(dim=0)
-        val = val.float()
+        parts.append(sim.argmax(1))
+        idx = sim.argmax(0) + s
+        val = sim.max(0)
+        val = getattr(val, "values", val)  # PyTorch returns (values, indices)
+        if col_val is None:
+            col_val, col_idx = val, idx
+            continue
         better = val > col_val  # strict: earlier rows win ties, as argmax over the full column does
-        col_val = torch.where(better, val, col_val)
-        col_idx = torch.where(better, idx + s, col_idx)
-    return best_q_for_d, col_idx
+        col_val[better] = val[better]
+        col_idx[better] = idx[better]
+    return cat(parts), col_idx
 
 
-@torch.inference_mode()
 def mutual_nn_counts(
-    query: np.ndarray | torch.Tensor,
-    candidates: np.ndarray | torch.Tensor,
+    query: Any,
+    candidates: Any,
     budget: int = DEFAULT_LOCAL_BUDGET,
-    device: str | torch.device = "cpu",
+    device: str = "cpu",
     half: bool = False,
 ) -> np.ndarray:
     """Mutual-nearest-neighbour counts of ``query`` (h, w, C) against each of ``candidates`` (K, h', w', C).
 
-    ``half`` computes similarities in bfloat16 on the CPU (float16 on CUDA):
+    ``half`` computes similarities in bfloat16 on the CPU (float16 on CUDA), with PyTorch:
     several times faster where the hardware has it, but near-ties may then
     resolve differently from the fp32 computation.
     """
-    device = torch.device(device)
-    dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if half else torch.float32
-    q = _as_tensor(query, device, dtype).reshape(-1, query.shape[-1])
+    if half or str(device) != "cpu":
+        return _torch_counts(query, candidates, budget, str(device), half)
+    dim = np.shape(query)[-1]
+    q = _unit_rows(query, dim)
+    arange = np.arange(q.shape[0])
     counts = np.zeros(len(candidates), np.int64)
-    arange = torch.arange(q.shape[0], device=device)
     for k in range(len(candidates)):
-        d = _as_tensor(candidates[k], device, dtype).reshape(-1, q.shape[1])
-        best_q_for_d, best_d_for_q = _nearest(q, d, budget)
+        best_q_for_d, best_d_for_q = _nearest(q, _unit_rows(candidates[k], dim), budget)
         counts[k] = int((best_q_for_d[best_d_for_q] == arange).sum())
     return counts
 
 
-@torch.inference_mode()
-def mutual_nn_pairs(
-    query: np.ndarray, candidate: np.ndarray, budget: int = DEFAULT_LOCAL_BUDGET
-) -> tuple[np.ndarray, np.ndarray]:
+def mutual_nn_pairs(query: np.ndarray, candidate: np.ndarray,
+                    budget: int = DEFAULT_LOCAL_BUDGET) -> tuple[np.ndarray, np.ndarray]:
     """The matched locations themselves: (query flat indices, candidate flat indices), for drawing."""
-    q = _as_tensor(query, torch.device("cpu"), torch.float32).reshape(-1, query.shape[-1])
-    d = _as_tensor(candidate, torch.device("cpu"), torch.float32).reshape(-1, q.shape[1])
-    best_q_for_d, best_d_for_q = _nearest(q, d, budget)
-    qi = torch.nonzero(best_q_for_d[best_d_for_q] == torch.arange(q.shape[0])).flatten()
-    return qi.numpy(), best_d_for_q[qi].numpy()
+    dim = query.shape[-1]
+    q = _unit_rows(query, dim)
+    best_q_for_d, best_d_for_q = _nearest(q, _unit_rows(candidate, dim), budget)
+    qi = np.flatnonzero(best_q_for_d[best_d_for_q] == np.arange(q.shape[0]))
+    return qi, best_d_for_q[qi]
 
 
 def dense_mutual_nn_counts(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """The reference formulation (one K x Ld x Lq similarity); for tests and benchmarks only."""
-    q = torch.from_numpy(np.ascontiguousarray(query, np.float32)).reshape(-1, query.shape[-1])
-    d = torch.from_numpy(np.ascontiguousarray(candidates, np.float32)).reshape(len(candidates), -1, q.shape[1])
+    q = np.asarray(query, np.float32).reshape(-1, query.shape[-1])
+    d = np.asarray(candidates, np.float32).reshape(len(candidates), -1, q.shape[1])
     m = d @ q.T  # (K, Ld, Lq)
-    max1 = m.argmax(dim=1)  # best candidate location per query location
-    max2 = m.argmax(dim=2)  # best query location per candidate location
-    back = torch.gather(max2, 1, max1)
-    return (back == torch.arange(q.shape[0])).sum(dim=1).numpy()
+    max1 = m.argmax(axis=1)  # best candidate location per query location
+    max2 = m.argmax(axis=2)  # best query location per candidate location
+    back = np.take_along_axis(max2, max1, axis=1)
+    return (back == np.arange(q.shape[0])).sum(axis=1)
+
+
+def _torch_counts(query: Any, candidates: Any, budget: int, device: str, half: bool) -> np.ndarray:
+    """The same counts with PyTorch: on CUDA, or in bfloat16/float16 (``half``)."""
+    try:
+        import torch
+    except ImportError:
+        from selavpr_ros.errors import ConfigError
+
+        raise ConfigError(f"local re-ranking on {device}{' in half precision' if half else ''} needs PyTorch "
+                          "(pip install torch); on the CPU in fp32 it runs without") from None
+    dev = torch.device(device)
+    dtype = (torch.float16 if dev.type == "cuda" else torch.bfloat16) if half else torch.float32
+    dim = np.shape(query)[-1]
+
+    def rows(x: Any) -> Any:
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(_unit_rows(x, dim))
+        return t.reshape(-1, dim).to(device=dev, dtype=dtype)
+
+    q = rows(query)
+    arange = torch.arange(q.shape[0], device=dev)
+    counts = np.zeros(len(candidates), np.int64)
+    with torch.inference_mode():
+        for k in range(len(candidates)):
+            best_q_for_d, best_d_for_q = _nearest(q, rows(candidates[k]), budget, torch.cat)
+            counts[k] = int((best_q_for_d[best_d_for_q] == arange).sum())
+    return counts
