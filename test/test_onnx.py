@@ -58,6 +58,46 @@ def test_int8_quantisation_keeps_descriptors_close(tmp_path):
     assert parity["code_bits_differ"] < 0.1 * parity["code_bits_total"]
 
 
+def test_fp16_export_keeps_descriptors_close_and_halves_the_file(tmp_path):
+    model = tiny("selavpr++")
+    full, half = tmp_path / "m.onnx", tmp_path / "m.fp16.onnx"
+    export_onnx(model, full, model_id="m")
+    report = export_onnx(model, half, model_id="m", fp16=True)
+    assert report.precision == "fp16" and read_metadata(half)["precision"] == "fp16"
+    assert half.stat().st_size < 0.6 * full.stat().st_size and not (tmp_path / "m.fp16.fp32.onnx").exists()
+    parity = compare_with_torch(model, half, batch=4)  # on the CPU provider; GPUs run it natively
+    assert parity["min_cosine"] > 0.999 and parity["code_bits_differ"] < 0.02 * parity["code_bits_total"]
+    with pytest.raises(CheckpointError, match="choose one of int8"):
+        export_onnx(model, tmp_path / "x.onnx", model_id="m", int8=True, fp16=True)
+
+
+def test_execution_providers_fall_back_with_a_log_line(caplog):
+    from selavpr_ros.inference.onnx_backend import select_providers
+
+    cpu_only, gpu = ["CPUExecutionProvider"], ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                               "CPUExecutionProvider"]
+    assert select_providers("auto", cpu_only) == select_providers("cpu", gpu) == cpu_only
+    assert select_providers("auto", gpu) == ["CUDAExecutionProvider", "CPUExecutionProvider"]  # no engine builds
+    assert select_providers("tensorrt", gpu) == gpu and select_providers("cuda", gpu) == gpu[1:]
+    assert not caplog.records
+    assert select_providers("cuda", cpu_only) == cpu_only
+    assert select_providers("tensorrt", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == "CUDAExecutionProvider"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "device cuda: ONNX Runtime here has no CUDAExecutionProvider" in lines[0]
+    assert "install onnxruntime-gpu" in lines[0] and "running on CPUExecutionProvider" in lines[0]
+    assert "no TensorrtExecutionProvider" in lines[1] and "running on CUDAExecutionProvider" in lines[1]
+    with pytest.raises(CheckpointError, match="device must be one of auto, cpu, cuda, tensorrt"):
+        select_providers("gpu", gpu)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback of a machine without CUDA")
+def test_pytorch_backend_falls_back_to_the_cpu_with_a_log_line(caplog):
+    for device in ("cuda", "tensorrt"):
+        assert TorchExtractor(tiny("selavpr++"), device=device).device.type == "cpu"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"device {d}: this PyTorch has no CUDA device; running on the CPU" for d in ("cuda", "tensorrt")]
+
+
 def test_runs_without_pytorch(tmp_path):
     model = tiny("selavpr")
     path = tmp_path / "m.onnx"

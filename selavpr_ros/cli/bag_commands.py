@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from selavpr_ros.cli import json_text
+from selavpr_ros.inference.base import DEVICES
 
 BUILD_DESCRIPTION = """\
 Build (or extend) a map from bags: rosbag2 folders (sqlite3 or mcap) and ROS 1
@@ -93,7 +94,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
     p.add_argument("--checkpoint", help="model (.ckpt or .onnx); default: the built-in demo model")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--camera-info", default="", metavar="TOPIC",
                    help="sensor_msgs/CameraInfo topic (geometric verification); default: camera_info beside the "
                         "image topic (/cam/image_raw -> /cam/camera_info); 'none' to ignore")

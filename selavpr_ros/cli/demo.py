@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from selavpr_ros.errors import ConfigError
+from selavpr_ros.inference.base import DEVICES
 
 MARKER = ".selavpr_demo"
 T0_SUMMER = 1_690_000_000 * 10**9
@@ -166,7 +167,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--out", default="selavpr_demo", help="working folder (replaced on each run)")
     p.add_argument("--checkpoint", help="model (.ckpt or .onnx); default: the built-in demo model")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--min-score", type=float, default=0.55, help="accept matches with at least this cosine")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from selavpr_ros.errors import ConfigError
+from selavpr_ros.inference.base import DEVICES
 
 DESCRIPTION = """\
 Evaluate a model on a VPR dataset: Recall@1/5/10/20 after each retrieval stage
@@ -126,6 +127,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-queries", type=int, default=0, help="evaluate an evenly spaced subset of queries")
     p.add_argument("--query", type=int, help="query index for the top-5 figure (default: the first found)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)

@@ -100,9 +100,9 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     model = ckpt.build()
     if args.size:
         model.config = model.config.with_input(*args.size)
-    suffix = ".int8.onnx" if args.int8 else ".onnx"
+    suffix = ".int8.onnx" if args.int8 else ".fp16.onnx" if args.fp16 else ".onnx"
     out = Path(args.out) if args.out else Path.cwd() / (source.stem + suffix)
-    report = export_onnx(model, out, ckpt.model_id, opset=args.opset, int8=args.int8)
+    report = export_onnx(model, out, ckpt.model_id, opset=args.opset, int8=args.int8, fp16=args.fp16)
     print(
         f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB), opset {report.opset}, {report.precision}, "
         f"outputs: {', '.join(report.outputs)}"
@@ -171,7 +171,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output file (default: the checkpoint's name with .onnx, in the working directory; "
                    "never inside the installed package)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
-    p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of MatMul/Gemm for CPUs")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of MatMul/Gemm for CPUs")
+    precision.add_argument("--fp16", action="store_true",
+                           help="float16 weights and arithmetic for GPUs (CUDA, TensorRT); half the file")
     p.add_argument("--size", nargs=2, type=_size, metavar=("H", "W"), help="input size (default: the checkpoint's)")
     p.add_argument("--check", action="store_true", help="compare outputs with PyTorch on random input")
     p.set_defaults(func=cmd_export_onnx)

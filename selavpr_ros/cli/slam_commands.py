@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from selavpr_ros.inference.base import DEVICES
+
 DESCRIPTION = """\
 Run the node's pipeline over recorded sessions in mapping mode, one map for
 all: session A, then session B, which also relocalises in A's keyframes.
@@ -111,6 +113,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="model (.ckpt or .onnx); default: the built-in demo model")
     p.add_argument("--min-score", type=float, help="loop_closure.min_score of the retrieval-only run (default 0.3, "
                    "the built-in model's); `eval --target-precision 1.0` on held-out data gives a model's own")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_slam_eval)

@@ -19,6 +19,10 @@ from selavpr_ros.inference.preprocess import preprocess_batch
 from selavpr_ros.models.config import ModelConfig, PreprocessConfig
 from selavpr_ros.types import DescriptorLayout, Descriptors
 
+# Where a model runs: auto (a GPU when the backend has one), cpu, cuda, or tensorrt (ONNX Runtime's
+# TensorRT provider; PyTorch runs it as cuda). A device the backend cannot serve falls back with a log line.
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+
 
 class Extractor(abc.ABC):
     """Common interface of inference backends.

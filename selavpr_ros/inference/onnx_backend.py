@@ -28,6 +28,7 @@ from selavpr_ros.inference.base import Extractor
 from selavpr_ros.models.config import PreprocessConfig
 from selavpr_ros.types import MODEL_ID_FORMAT, DescriptorLayout, Descriptors, upgrade_model_id
 
+log = logging.getLogger(__name__)
 ONNX_FORMAT = "selavpr_ros.onnx"
 DEFAULT_OPSET = 18
 OUTPUTS = ("codes", "descriptors", "hash_z", "local_features")
@@ -95,10 +96,13 @@ def export_onnx(
     model_id: str,
     opset: int = DEFAULT_OPSET,
     int8: bool = False,
+    fp16: bool = False,
 ) -> ExportReport:
     """Export a :class:`~selavpr_ros.models.vpr.VPRModel` with a dynamic batch axis.
 
-    With ``int8`` the exported graph is then dynamically quantised (int8
+    With ``fp16`` the graph's weights and arithmetic become float16 (inputs and outputs stay float32):
+    half the file, for GPUs (CUDA, TensorRT); descriptors move by ~1e-3. With ``int8`` the exported
+    graph is then dynamically quantised (int8
     weights of MatMul/Gemm, activations quantised on the fly), for CPU robots.
     """
     import torch
@@ -125,7 +129,9 @@ def export_onnx(
     example = torch.zeros(2, 3, config.preprocess.height, config.preprocess.width)
     with torch.no_grad():
         model(example)  # warms the position-embedding cache that the graph captures as a constant
-    fp32_path = path if not int8 else path.with_name(path.stem + ".fp32.onnx")
+    if int8 and fp16:
+        raise CheckpointError("choose one of int8 (CPUs) and fp16 (GPUs)")
+    fp32_path = path if not (int8 or fp16) else path.with_name(path.stem + ".fp32.onnx")
     with warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -153,7 +159,11 @@ def export_onnx(
     if int8:
         quantize_int8(fp32_path, path)
         fp32_path.unlink()
-    return ExportReport(path, opset, "int8" if int8 else "fp32", path.stat().st_size, outputs)
+    if fp16:
+        convert_fp16(fp32_path, path)
+        fp32_path.unlink()
+    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
+    return ExportReport(path, opset, precision, path.stat().st_size, outputs)
 
 
 EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")
@@ -177,6 +187,17 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Weights and arithmetic in float16, float32 inputs and outputs kept; metadata is carried over."""
+    import onnx
+    from onnxruntime.transformers import float16
+
+    meta = read_metadata(src)
+    onnx.save(float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
+    _write_metadata(Path(dst), {**meta, "precision": "fp16"})
+    return Path(dst)
+
+
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Dynamic int8 quantisation of MatMul/Gemm weights; metadata is carried over."""
     import onnx
@@ -197,18 +218,34 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return Path(dst)
 
 
-def select_providers(device: str = "auto") -> list[str]:
-    """ONNX Runtime providers for ``device``: TensorRT, then CUDA, then CPU when installed."""
-    import onnxruntime as ort
+_WANTS = {  # what each device asks ONNX Runtime for, best first; CPU always closes the list
+    "auto": ["CUDAExecutionProvider"],
+    "cpu": [],
+    "cuda": ["CUDAExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+}
 
-    available = ort.get_available_providers()
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    preferred = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    chosen = [p for p in preferred if p in available]
-    if device == "cuda" and "CUDAExecutionProvider" not in chosen:
-        raise CheckpointError(f"device 'cuda' asked, but ONNX Runtime has only {', '.join(available)}")
-    return chosen or ["CPUExecutionProvider"]
+
+def select_providers(device: str = "auto", available: list[str] | None = None) -> list[str]:
+    """ONNX Runtime execution providers for ``device`` (auto | cpu | cuda | tensorrt).
+
+    ``auto`` takes CUDA where the installed runtime has it (``onnxruntime-gpu``), else the CPU;
+    TensorRT only when asked (it builds engines at start-up, which takes minutes). A device the
+    runtime cannot serve falls back to what it has, with one log line saying which and why.
+    """
+    if device not in _WANTS:
+        raise CheckpointError(f"device must be one of {', '.join(_WANTS)}, got {device!r}")
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    chosen = [p for p in _WANTS[device] if p in available] + ["CPUExecutionProvider"]
+    missing = [p for p in _WANTS[device] if p not in available]
+    if device in ("cuda", "tensorrt") and missing:
+        log.warning("device %s: ONNX Runtime here has no %s (it has %s; install onnxruntime-gpu with the CUDA "
+                    "and TensorRT libraries it was built for); running on %s", device, ", ".join(missing),
+                    ", ".join(available), chosen[0])
+    return chosen
 
 
 class OnnxExtractor(Extractor):
@@ -226,6 +263,11 @@ class OnnxExtractor(Extractor):
         options.log_severity_level = 3
         self.providers = select_providers(device)
         self.session = _open_session(self.path, self.providers, options)
+        active = self.session.get_providers()  # a provider whose libraries fail to load is dropped here
+        if active[0] != self.providers[0]:
+            log.warning("%s: %s could not start; ONNX Runtime runs on %s", self.path.name, self.providers[0],
+                        active[0])
+        self.providers = active
         meta = _checked_metadata(self.path, self.session)
         self.model_config = json.loads(meta["model_config"])
         self.preprocess = from_dict(PreprocessConfig, self.model_config.get("preprocess"), "preprocess")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from selavpr_ros.inference.base import Extractor
 from selavpr_ros.types import Descriptors
+
+log = logging.getLogger(__name__)
 
 
 class TorchExtractor(Extractor):
@@ -16,7 +20,10 @@ class TorchExtractor(Extractor):
     def __init__(self, model, device: str = "auto", half: bool | None = None, model_id: str | None = None) -> None:
         import torch
 
-        if device == "auto":
+        if device in ("cuda", "tensorrt") and not torch.cuda.is_available():
+            log.warning("device %s: this PyTorch has no CUDA device; running on the CPU", device)
+            device = "cpu"
+        if device in ("auto", "tensorrt"):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.half = self.device.type == "cuda" if half is None else half

@@ -18,6 +18,7 @@ import yaml
 
 from selavpr_ros.config import from_dict, load_yaml
 from selavpr_ros.errors import ConfigError
+from selavpr_ros.inference.base import DEVICES
 from selavpr_ros.loop_closure.config import LoopClosureConfig
 from selavpr_ros.loop_closure.edges import EdgeConfig
 from selavpr_ros.retrieval.config import parse_stages
@@ -46,7 +47,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               "(remap it, e.g. image:=/camera/image_raw/compressed)", read_only=True),
     ParamSpec("checkpoint", "", "Model: a .ckpt/.pt checkpoint or .onnx file; empty = the built-in demo model",
               read_only=True),
-    ParamSpec("device", "auto", "Inference device", choices=("auto", "cpu", "cuda"), read_only=True),
+    ParamSpec("device", "auto", "Inference device: auto (a GPU when the backend has one), cpu, cuda, or tensorrt "
+              "(ONNX Runtime's TensorRT provider for .onnx models); falls back with a log line",
+              choices=DEVICES, read_only=True),
     ParamSpec("map_path", "~/.ros/selavpr_map", "Map directory (created in mapping mode when absent)",
               read_only=True),
     ParamSpec("mode", "mapping", "mapping: add keyframes and find loops with the robot's own past; "
