@@ -193,8 +193,9 @@ class Trainer:
     def _scheduler(self, total_steps: int):
         cfg = self.cfg
         if cfg.schedule == "onecycle":
-            return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, cfg.lr, total_steps=max(total_steps, 2),
-                                                       pct_start=max(cfg.warmup_fraction, 1e-3))
+            total = max(total_steps, 4)  # warm-up and decay need a step or two each: short runs would divide by 0
+            return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, cfg.lr, total_steps=total,
+                                                       pct_start=min(max(cfg.warmup_fraction, 2 / total), 0.5))
         if cfg.schedule == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(total_steps, 1))
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
