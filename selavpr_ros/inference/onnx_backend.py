@@ -26,6 +26,7 @@ from selavpr_ros.config import from_dict
 from selavpr_ros.errors import CheckpointError
 from selavpr_ros.inference.base import Extractor
 from selavpr_ros.models.config import PreprocessConfig
+from selavpr_ros.threads import thread_budget
 from selavpr_ros.types import MODEL_ID_FORMAT, DescriptorLayout, Descriptors, upgrade_model_id
 
 log = logging.getLogger(__name__)
@@ -259,7 +260,8 @@ class OnnxExtractor(Extractor):
         self.path = Path(path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        options.intra_op_num_threads = threads or thread_budget()
+        options.inter_op_num_threads = 1  # the graph runs sequentially: one pool, not two
         options.log_severity_level = 3
         self.providers = select_providers(device)
         self.session = _open_session(self.path, self.providers, options)

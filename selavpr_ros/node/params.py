@@ -47,6 +47,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               "(remap it, e.g. image:=/camera/image_raw/compressed)", read_only=True),
     ParamSpec("checkpoint", "", "Model: a .ckpt/.pt checkpoint or .onnx file; empty = the built-in demo model",
               read_only=True),
+    ParamSpec("threads", 0, "CPU threads of every pool the node uses (PyTorch, ONNX Runtime, faiss, BLAS, OpenCV): "
+              "leave cores to SLAM and drivers; 0 = all cores", 0, 1024, read_only=True),
     ParamSpec("device", "auto", "Inference device: auto (a GPU when the backend has one), cpu, cuda, or tensorrt "
               "(ONNX Runtime's TensorRT provider for .onnx models); falls back with a log line",
               choices=DEVICES, read_only=True),

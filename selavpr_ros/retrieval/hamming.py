@@ -14,6 +14,8 @@ import math
 import faiss
 import numpy as np
 
+from selavpr_ros.threads import search_threads
+
 
 def hamming_distances(query: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Exact Hamming distances of one packed query code to many (NumPy; for checks and small sets)."""
@@ -74,6 +76,7 @@ class HammingIndex:
         if allowed is not None and len(allowed) != len(self):
             raise ValueError(f"allowed mask has {len(allowed)} rows, index has {len(self)}")
         assert self._index is not None  # len(self) > 0
+        faiss.omp_set_num_threads(search_threads(len(self)))  # small maps: one thread beats waking a pool
         sel, _keep = row_selector(allowed)
         if sel is None:
             return self._index.search(queries, k)

@@ -41,6 +41,7 @@ from selavpr_ros.models.heads import binarize, pack_codes
 from selavpr_ros.models.methods.selavprpp import SelaVPRPlusPlus, SelaVPRPlusPlusConfig
 from selavpr_ros.models.vpr import VPRModel
 from selavpr_ros.models.weights import create_model
+from selavpr_ros.threads import set_thread_budget
 from selavpr_ros.training import losses as L
 from selavpr_ros.training.cache import TrunkCache, cache_key, trunk_fingerprint
 from selavpr_ros.training.config import AugmentConfig, TrainConfig
@@ -104,11 +105,11 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.progress = progress and self.rank == 0
         if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+            set_thread_budget(cfg.threads)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             if self.device.type == "cpu":
-                torch.set_num_threads(1)
+                set_thread_budget(1)
         torch.manual_seed(cfg.seed)
 
         self.model = self._build_model().to(self.device)
