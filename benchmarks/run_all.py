@@ -41,9 +41,11 @@ def _retrieval(d: dict) -> str:
                             ("open_ms", "open ms", ".1f"), ("bytes_per_entry", "bytes / entry", "")])
     local = d.get("local") or []
     if local:
-        out += "\n\nLocal re-rank (per query):\n\n" + table(local, [("storage", "storage", ""), ("k", "top-k", ""),
-                                                                 ("local_ms", "ms", ".0f"),
-                                                                 ("bytes_per_entry", "bytes / entry", ",")])
+        out += "\n\nLocal re-rank (per query; x FLOP bound: against K x 3721 x 3721 x 128 multiply-adds at this " \
+               "machine's measured fp32 matmul peak; peak: memory the search allocated):\n\n" + table(
+                   local, [("storage", "storage", ""), ("k", "top-k", ""), ("local_ms", "ms", ".0f"),
+                           ("x_flop_bound", "x FLOP bound", ".2f"), ("peak_bytes", "peak bytes", ","),
+                           ("bytes_per_entry", "bytes / entry", ",")])
     return out
 
 
