@@ -100,3 +100,52 @@ def test_cli_build_map_and_replay(tmp_path, nordland):
     p = subprocess.run([*run, "replay", str(winter), "--map", str(tmp_path / "nomap"), "--image-topic",
                         "/camera/image_raw", "--quiet"], capture_output=True, text=True)
     assert p.returncode != 0 and "map not found" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_replay_streams_a_long_bag_in_bounded_memory(tmp_path):
+    """600 frames of 160 x 120: the replay keeps neither the messages nor the outcomes, and writes its
+    outputs as it goes (RSS after 600 frames within a few MB of RSS after 100; kept, the raw images of
+    those 500 frames alone would add 29 MB)."""
+    import json
+    import os
+
+    from selavpr_ros.inference.loader import open_extractor
+    from selavpr_ros.mapdb.database import MapDatabase
+    from selavpr_ros.models.zoo import builtin_checkpoint
+    from selavpr_ros.node.params import validate
+    from selavpr_ros.node.pipeline import VPRPipeline
+    from selavpr_ros.offline.replay import ReplayWriter, replay
+    from selavpr_ros.transport.image_decoding import encode_image
+
+    n, rng = 600, np.random.default_rng(0)
+    base = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+
+    def frames():
+        for i in range(n):
+            t = T0 + i * 10**8
+            yield t, message("sensor_msgs/msg/Image", header={"stamp": {"sec": t // 10**9, "nanosec": t % 10**9},
+                                                              "frame_id": "cam"}, **encode_image(np.roll(base, i, 1)))
+
+    bag = write_topics(tmp_path / "long", [("/camera/image_raw", "sensor_msgs/msg/Image", frames())])
+    extractor = open_extractor(builtin_checkpoint(), device="cpu")
+    MapDatabase.create(tmp_path / "map", extractor.layout, extractor.model_id, extractor.model_config).close()
+    pipeline = VPRPipeline(validate({"map_path": str(tmp_path / "map"), "mode": "localization", "device": "cpu",
+                                     "loop_closure.keyframe.min_interval_s": 0.0}), extractor=extractor)
+    rss: dict[int, int] = {}
+
+    def measure(outcome, bag_time):
+        index = int((bag_time - T0) // 10**8)
+        if index in (100, n - 1):
+            with open(f"/proc/{os.getpid()}/statm") as f:
+                rss[index] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    try:
+        with ReplayWriter(pipeline, tmp_path / "out" / "c.json", None, tmp_path / "out" / "bag") as writer:
+            result = replay(bag, "/camera/image_raw", pipeline, progress=False, camera_info=None,
+                            sinks=[writer, measure], keep_outcomes=False)
+    finally:
+        pipeline.close()
+    assert result.frames == result.keyframes == n and result.outcomes == [] and result.bad_frames == 0
+    assert set(rss) == {100, n - 1} and rss[n - 1] - rss[100] < 12 * 2**20, rss
+    assert len(json.loads((tmp_path / "out" / "c.json").read_text())) == n  # streamed, still one JSON array
+    assert set(result.stage_ms()) >= {"decode", "describe", "total"}

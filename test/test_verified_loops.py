@@ -108,11 +108,13 @@ def test_geometric_stage_accepts_no_false_closure_and_recovers_rotation(world):
 
 
 def test_candidate_messages_carry_the_relative_pose(world, tmp_path):
-    from selavpr_ros.offline.replay import write_outputs
+    from selavpr_ros.offline.replay import ReplayWriter
 
     result, pipeline = replay_with(world, "binary,float,geometric")
     pipeline.db = pipeline.db.open(world["map"])  # reopened read-only for map_id
-    write_outputs(result, pipeline, tmp_path / "c.json", None, tmp_path / "bag")
+    with ReplayWriter(pipeline, tmp_path / "c.json", None, tmp_path / "bag") as writer:
+        for outcome in result.outcomes:
+            writer(outcome, outcome.frame.stamp_ns)
     pipeline.close()
     with open_bags([tmp_path / "bag"]) as reader:
         msgs = [reader.deserialize(raw, conn.msgtype).candidates for conn, _, raw in reader.messages()

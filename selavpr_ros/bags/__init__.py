@@ -4,6 +4,7 @@ from selavpr_ros._lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "BagImage": "selavpr_ros.bags.reader",
+    "BagRecorder": "selavpr_ros.bags.writer",
     "PoseTrack": "selavpr_ros.bags.poses",
     "bag_path": "selavpr_ros.bags.reader",
     "check_overlap": "selavpr_ros.bags.poses",

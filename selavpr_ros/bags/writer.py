@@ -119,17 +119,48 @@ def write_topics(path: str | Path, streams: Sequence[Stream], storage: str = "sq
     return path
 
 
-def _write_rosbag2(path: Path, streams: Sequence[Stream], storage: str, store) -> None:
-    from rosbags.rosbag2 import StoragePlugin, Writer
+class BagRecorder:
+    """An open rosbag2 bag that messages are written to as they are made (outputs of streaming work:
+    nothing is held in memory). Closing it finishes the bag; an exception inside ``with`` removes it."""
 
-    plugins = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
-    if storage not in plugins:
-        raise BagError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
-    with Writer(path, version=ROSBAG2_VERSION, storage_plugin=plugins[storage]) as writer:
-        conns = [(writer.add_connection(topic, msgtype, typestore=store), msgtype, msgs)
-                 for topic, msgtype, msgs in streams]
-        for conn, msgtype, stamp, msg in _in_turn(conns):
-            writer.write(conn, stamp, store.serialize_cdr(msg, msgtype))
+    def __init__(self, path: str | Path, topics: Sequence[tuple[str, str]], storage: str = "sqlite3") -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        self.path = Path(path).expanduser()
+        _check_new(self.path)
+        plugins = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
+        if storage not in plugins:
+            raise BagError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+        self.store = _project_typestore()
+        for _, msgtype in topics:
+            if msgtype not in self.store.fielddefs:
+                raise BagError(f"unknown message type {msgtype!r} (not a ROS 2 Humble or selavpr_ros message)")
+        self._writer = Writer(self.path, version=ROSBAG2_VERSION, storage_plugin=plugins[storage])
+        self._writer.open()
+        self._conns = {topic: (self._writer.add_connection(topic, msgtype, typestore=self.store), msgtype)
+                       for topic, msgtype in topics}
+
+    def write(self, topic: str, stamp: int, msg: Any) -> None:
+        conn, msgtype = self._conns[topic]
+        self._writer.write(conn, int(stamp), self.store.serialize_cdr(msg, msgtype))
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> BagRecorder:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        self.close()
+        if kind is not None:
+            _remove(self.path)
+
+
+def _write_rosbag2(path: Path, streams: Sequence[Stream], storage: str, store) -> None:
+    with BagRecorder(path, [(topic, msgtype) for topic, msgtype, _ in streams], storage) as bag:
+        for topic, _, messages in streams:
+            for stamp, msg in messages:
+                bag.write(topic, stamp, msg)
 
 
 def _write_ros1(path: Path, streams: Sequence[Stream]) -> None:
@@ -149,11 +180,7 @@ def _write_ros1(path: Path, streams: Sequence[Stream]) -> None:
 
 def write_messages(path: str | Path, topic: str, msgtype: str, messages: Iterable[tuple[int, Any]],
                    storage: str = "sqlite3") -> Path:
-    """A rosbag2 bag of ready-made ``(bag time ns, message)`` pairs on one topic.
-
-    The type store knows this package's messages, so the replay can record
-    its ``selavpr_ros/msg/LoopClosureCandidateArray`` output for ``ros2 bag play``.
-    """
+    """A rosbag2 bag of ready-made ``(bag time ns, message)`` pairs on one topic."""
     return write_topics(path, [(topic, msgtype, messages)], storage=storage)
 
 

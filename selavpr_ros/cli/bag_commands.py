@@ -72,18 +72,18 @@ def replay_params(args: argparse.Namespace) -> dict:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from selavpr_ros.node.pipeline import VPRPipeline
-    from selavpr_ros.offline.replay import replay, write_outputs
+    from selavpr_ros.offline.replay import ReplayWriter, replay
 
     pipeline = VPRPipeline(replay_params(args))
     try:
-        result = replay(args.bag, args.image_topic, pipeline, progress=not args.quiet,
-                        camera_info=None if args.camera_info == "none" else args.camera_info)
         out = Path(args.out)
-        write_outputs(result, pipeline, out / "candidates.json", out / "candidates.csv", out / "candidates_bag")
+        with ReplayWriter(pipeline, out / "candidates.json", out / "candidates.csv", out / "candidates_bag") as sink:
+            result = replay(args.bag, args.image_topic, pipeline, progress=not args.quiet,
+                            camera_info=None if args.camera_info == "none" else args.camera_info, sinks=[sink],
+                            keep_outcomes=False)  # streamed: memory does not grow with the bag
     finally:
         pipeline.close()
-    accepted = sum(len(o.result.accepted) for o in result.queries)
-    summary = {"queries": len(result.queries), "accepted": accepted, "edges": pipeline.edges_published,
+    summary = {"queries": result.keyframes, "accepted": result.accepted, "edges": pipeline.edges_published,
                "bad_frames": result.bad_frames, "stage_ms": result.stage_ms(), "out": str(out)}
     if pipeline.edges_skipped:
         summary["edges_left_out"] = f"{pipeline.edges_skipped} closures: {pipeline.last_edge_problem}"

@@ -64,7 +64,7 @@ def run_demo(out: Path, checkpoint: str | None, device: str, quiet: bool = False
     from selavpr_ros.node.params import validate
     from selavpr_ros.node.pipeline import VPRPipeline
     from selavpr_ros.offline.build_map import build_map
-    from selavpr_ros.offline.replay import replay, write_outputs
+    from selavpr_ros.offline.replay import ReplayWriter, replay
 
     if out.exists() and not (out / MARKER).is_file():
         raise ConfigError(f"{out} exists and is not a demo folder; choose another --out")
@@ -86,10 +86,12 @@ def run_demo(out: Path, checkpoint: str | None, device: str, quiet: bool = False
                            "loop_closure.min_score": min_score, "loop_closure.retrieval.stages": stages})
         pipeline = VPRPipeline(params, extractor=extractor)
         try:
-            result = replay(winter_bag, "/camera/image_raw", pipeline, progress=not quiet)
             if "geometric" in stages:
-                write_outputs(result, pipeline, out / "candidates.json", out / "candidates.csv",
-                              out / "candidates_bag")
+                with ReplayWriter(pipeline, out / "candidates.json", out / "candidates.csv",
+                                  out / "candidates_bag") as writer:
+                    result = replay(winter_bag, "/camera/image_raw", pipeline, progress=not quiet, sinks=[writer])
+            else:
+                result = replay(winter_bag, "/camera/image_raw", pipeline, progress=not quiet)
         finally:
             pipeline.close()
         summaries[stages] = summarize(result, out, extractor.model_id)

@@ -4,6 +4,6 @@ from selavpr_ros._lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "ReplayResult": "selavpr_ros.offline.replay",
+    "ReplayWriter": "selavpr_ros.offline.replay",
     "SessionReport": "selavpr_ros.offline.build_map",
-    "write_outputs": "selavpr_ros.offline.replay",
 })

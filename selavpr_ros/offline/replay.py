@@ -3,14 +3,20 @@
 Every image goes through the node's own pipeline (decode, describe, gate,
 retrieve, judge); the results are written as JSON (one object per query
 frame), CSV (one row per candidate) and a rosbag2 holding the
-``selavpr_ros/msg/LoopClosureCandidateArray`` messages the node would have
-published, stamped with the images' bag times.
+``selavpr_ros/msg/LoopClosureCandidateArray`` and ``PoseGraph`` messages the
+node would have published, stamped with the images' bag times.
+
+Replay streams: each outcome goes to the sinks (:class:`ReplayWriter` writes
+the outputs as it goes) and the frame's pixels are released, so memory does
+not grow with the bag; outcomes are kept only when the caller asks for them.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,7 @@ from selavpr_ros.bags.reader import (
     load_camera_track,
     open_bags,
 )
-from selavpr_ros.bags.writer import write_topics
+from selavpr_ros.bags.writer import BagRecorder
 from selavpr_ros.errors import BagError, ImageError
 from selavpr_ros.node.live_poses import LiveTransforms, mount_lookup
 from selavpr_ros.node.pipeline import (
@@ -43,21 +49,35 @@ CANDIDATES = "selavpr_ros/msg/LoopClosureCandidateArray"
 EDGES = "selavpr_ros/msg/PoseGraph"
 
 
+OutcomeSink = Callable[[FrameOutcome, int], None]  # (outcome, the image's bag time)
+TIMING_SAMPLES = 10_000  # per stage, for the medians: bounded however long the bag
+
+
 @dataclass
 class ReplayResult:
-    outcomes: list[FrameOutcome] = field(default_factory=list)
-    bag_times: list[int] = field(default_factory=list)
+    outcomes: list[FrameOutcome] = field(default_factory=list)  # only when kept (frames without pixels)
     bad_frames: int = 0
     errors: list[str] = field(default_factory=list)
+    frames: int = 0
+    keyframes: int = 0
+    accepted: int = 0
+    stage_samples: dict[str, deque] = field(default_factory=dict)
 
     @property
     def queries(self) -> list[FrameOutcome]:
         return [o for o in self.outcomes if o.result.is_keyframe]
 
+    def count(self, outcome: FrameOutcome) -> None:
+        self.frames += 1
+        if outcome.result.is_keyframe:
+            self.keyframes += 1
+            self.accepted += len(outcome.result.accepted)
+            for key, value in outcome.timings_ms.items():
+                self.stage_samples.setdefault(key, deque(maxlen=TIMING_SAMPLES)).append(value)
+
     def stage_ms(self) -> dict[str, float]:
         """Median per-stage latency over the query frames."""
-        keys = sorted({k for o in self.queries for k in o.timings_ms})
-        return {k: float(np.median([o.timings_ms[k] for o in self.queries if k in o.timings_ms])) for k in keys}
+        return {k: float(np.median(v)) for k, v in sorted(self.stage_samples.items())}
 
 
 def static_transforms(reader, topic: str = "/tf_static") -> LiveTransforms:
@@ -74,12 +94,13 @@ def static_transforms(reader, topic: str = "/tf_static") -> LiveTransforms:
 
 def replay(bag: str | Path, image_topic: str, pipeline: VPRPipeline, progress: bool = True,
            camera_info: str | None = "", pose_topic: str | None = None, depth_topic: str | None = None,
-           max_pose_gap_s: float = 0.5) -> ReplayResult:
+           max_pose_gap_s: float = 0.5, sinks: Sequence[OutcomeSink] = (), keep_outcomes: bool = True) -> ReplayResult:
     """Every image of ``image_topic`` through ``pipeline``; CameraInfo from ``camera_info``
     ("" = the topic beside the images, None = none); with ``pose_topic`` each frame gets the pose
     interpolated at its stamp, with ``depth_topic`` its registered depth image (fed to the pipeline's
     depth buffer, as the node's depth subscription does). With ``edges.base_frame`` set, the camera
-    mounts for the pose-graph edges come from the bag's ``/tf_static``."""
+    mounts for the pose-graph edges come from the bag's ``/tf_static``. Each outcome goes to ``sinks``;
+    ``keep_outcomes=False`` keeps none of them (memory independent of the bag's length)."""
     result = ReplayResult()
     with open_bags([bag]) as reader:
         if pipeline.params["edges.base_frame"] and pipeline.mount_lookup is None:
@@ -109,8 +130,12 @@ def replay(bag: str | Path, image_topic: str, pipeline: VPRPipeline, progress: b
                 if len(result.errors) < 10:
                     result.errors.append(f"{item.stamp_ns}: {exc}")
                 continue
-            result.outcomes.append(outcome)
-            result.bag_times.append(item.bag_time_ns)
+            frame.msg = frame.depth = None  # the pixels are done with: never held for the whole bag
+            result.count(outcome)
+            for sink in sinks:
+                sink(outcome, item.bag_time_ns)
+            if keep_outcomes:
+                result.outcomes.append(outcome)
     return result
 
 
@@ -140,26 +165,59 @@ def _geometry_dict(c) -> dict[str, Any]:
     return out
 
 
-def write_outputs(result: ReplayResult, pipeline: VPRPipeline, json_path: Path | None = None,
-                  csv_path: Path | None = None, bag_path: Path | None = None, topic: str = "/loop_closures",
-                  edges_topic: str = "/loop_closure_edges") -> None:
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps([outcome_dict(o) for o in result.queries], indent=1))
-    if csv_path:
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        with csv_path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["query_stamp_ns", "rank", "status", "match_keyframe_id", "match_stamp_ns", "match_session",
-                        "score", "hamming", "local_matches", "reason"])
-            for o in result.queries:
-                for c in o.result.candidates:
-                    w.writerow([o.result.stamp_ns, c.rank, c.status.name.lower(), c.match_keyframe_id,
-                                c.match_stamp_ns, c.match_session, f"{c.score:.6f}", c.hamming, c.local_matches,
-                                c.reason])
-    if bag_path:
-        msgs = [(t, message(CANDIDATES, **candidate_array_fields(o, pipeline.map_id)))
-                for o, t in zip(result.outcomes, result.bag_times) if o.result.is_keyframe]
-        edges = [(t, message(EDGES, **edges_message_fields(o)))
-                 for o, t in zip(result.outcomes, result.bag_times) if o.edges]
-        write_topics(bag_path, [(topic, CANDIDATES, msgs), (edges_topic, EDGES, edges)])
+class ReplayWriter:
+    """The replay's outputs, written as outcomes come (an :data:`OutcomeSink`): ``candidates.json``
+    (one object per query frame), ``candidates.csv`` (one row per candidate) and a rosbag2 of the
+    candidate arrays and pose-graph edges the node would have published."""
+
+    COLUMNS = ["query_stamp_ns", "rank", "status", "match_keyframe_id", "match_stamp_ns", "match_session",
+               "score", "hamming", "local_matches", "reason"]
+
+    def __init__(self, pipeline: VPRPipeline, json_path: Path | None = None, csv_path: Path | None = None,
+                 bag_path: Path | None = None, topic: str = "/loop_closures",
+                 edges_topic: str = "/loop_closure_edges") -> None:
+        self.map_id = pipeline.map_id
+        self.topic, self.edges_topic = topic, edges_topic
+        for path in (json_path, csv_path, bag_path):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        self._json = json_path.open("w") if json_path else None
+        self._csv_file = csv_path.open("w", newline="") if csv_path else None
+        self._csv = csv.writer(self._csv_file) if self._csv_file else None
+        self._bag = BagRecorder(bag_path, [(topic, CANDIDATES), (edges_topic, EDGES)]) if bag_path else None
+        self._first = True
+        if self._json:
+            self._json.write("[")
+        if self._csv:
+            self._csv.writerow(self.COLUMNS)
+
+    def __call__(self, outcome: FrameOutcome, bag_time: int) -> None:
+        if not outcome.result.is_keyframe:
+            return
+        if self._json:
+            self._json.write(("\n" if self._first else ",\n") + json.dumps(outcome_dict(outcome), indent=1))
+            self._first = False
+        if self._csv:
+            for c in outcome.result.candidates:
+                self._csv.writerow([outcome.result.stamp_ns, c.rank, c.status.name.lower(), c.match_keyframe_id,
+                                    c.match_stamp_ns, c.match_session, f"{c.score:.6f}", c.hamming, c.local_matches,
+                                    c.reason])
+        if self._bag:
+            self._bag.write(self.topic, bag_time, message(CANDIDATES, **candidate_array_fields(outcome, self.map_id)))
+            if outcome.edges:
+                self._bag.write(self.edges_topic, bag_time, message(EDGES, **edges_message_fields(outcome)))
+
+    def close(self) -> None:
+        if self._json:
+            self._json.write("\n]\n")
+            self._json.close()
+        if self._csv_file:
+            self._csv_file.close()
+        if self._bag:
+            self._bag.close()
+
+    def __enter__(self) -> ReplayWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
