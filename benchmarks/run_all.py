@@ -20,7 +20,8 @@ from collections.abc import Callable
 
 from _common import RESULTS, ROOT, table
 
-BENCHMARKS = ("extract", "retrieval", "train", "train_nordland", "node_load", "verification", "slam", "finetune_sim")
+BENCHMARKS = ("extract", "retrieval", "cpu_share", "train", "train_nordland", "node_load", "verification", "slam",
+              "finetune_sim")
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 
 
@@ -47,6 +48,13 @@ def _retrieval(d: dict) -> str:
                            ("x_flop_bound", "x FLOP bound", ".2f"), ("peak_bytes", "peak bytes", ","),
                            ("bytes_per_entry", "bytes / entry", ",")])
     return out
+
+
+def _cpu_share(d: dict) -> str:
+    return (f"Each workload in a fresh process, idle and next to {d['load']}; medians after warm-up:\n\n"
+            + table(d["rows"], [("setting", "threads", ""), ("workload", "workload", ""),
+                                ("idle_ms", "idle ms", ".2f"), ("loaded_ms", "loaded ms", ".2f"),
+                                ("slowdown", "loaded / idle", ".2f")]))
 
 
 def _train(d: dict) -> str:
@@ -151,6 +159,7 @@ def _finetune_sim(d: dict) -> str:
 SUMMARIES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "extract": ("Descriptor extraction (random weights, ms per frame, batch 1)", _extract),
     "retrieval": ("Map search per query", _retrieval),
+    "cpu_share": ("A shared robot CPU: idle vs a competing load, default vs bounded threads", _cpu_share),
     "train": ("Training step: in-block vs side adapters vs trunk cache", _train),
     "train_nordland": ("The built-in model: Nordland test span and an unseen environment", _train_nordland),
     "node_load": ("Node under a 30 Hz camera stream with slow inference, ROS-less and rclpy", _node_load),
