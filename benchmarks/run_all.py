@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 from _common import RESULTS, ROOT, table
 
-BENCHMARKS = ("extract", "retrieval", "cpu_share", "train", "train_nordland", "node_load", "verification", "slam",
-              "finetune_sim")
+BENCHMARKS = ("extract", "retrieval", "cpu_share", "train", "train_nordland", "train_ablation", "node_load",
+              "verification", "slam", "finetune_sim")
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 
 
@@ -78,6 +78,16 @@ def _train_nordland(d: dict) -> str:
     if d.get("training"):
         text += f"\n\nTraining took {d['training']['minutes']:.1f} min on {d['machine']['cpus']} cores."
     return text
+
+
+def _train_ablation(d: dict) -> str:
+    spans = d["spans"]
+    return (f"Each row adds one change to the row above and is a full training run (seed 0, best epoch on "
+            f"validation); validation span {spans['validation']}, {d['queries']}, correct within "
+            f"{d['threshold']}; trained on {spans['train']}:\n\n"
+            + table(d["rows"], [("change", "change", ""), ("val R@1", "val R@1", ".1f"), ("val R@5", "val R@5", ".1f"),
+                                ("val codes R@1", "codes R@1", ".1f"), ("best_epoch", "best epoch", ""),
+                                ("minutes", "minutes", ".1f"), ("checkpoint_mb", "MB", ".1f")]))
 
 
 def _node_load(d: dict) -> str:
@@ -162,6 +172,7 @@ SUMMARIES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "cpu_share": ("A shared robot CPU: idle vs a competing load, default vs bounded threads", _cpu_share),
     "train": ("Training step: in-block vs side adapters vs trunk cache", _train),
     "train_nordland": ("The built-in model: Nordland test span and an unseen environment", _train_nordland),
+    "train_ablation": ("The built-in model's recipe, one change at a time (validation span)", _train_ablation),
     "node_load": ("Node under a 30 Hz camera stream with slow inference, ROS-less and rclpy", _node_load),
     "verification": ("Loop-closure decisions with and without geometric verification", _verification),
     "slam": ("SLAM end to end: published pose-graph edges in GTSAM, trajectory error with evo", _slam),

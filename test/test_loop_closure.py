@@ -143,3 +143,32 @@ def test_restart_resumes_the_session(tmp_path):
     assert not r.is_keyframe  # 0.2 s after the last keyframe before the restart
     r = again.process(frame(10), KeyframeRecord(stamp_ns=int(10e9)))
     assert r.is_keyframe and r.keyframe_id == 10 and again.db.sessions() == {"live": 11}
+
+
+def _aliased_map(eng: LoopClosureEngine, twin_at: int) -> None:
+    """A first pass over places 0..39 (1 m and 1 s apart) where keyframes twin_at..twin_at+4 look exactly
+    like places 5..9 (one wall photographed twice)."""
+    for i in range(40):
+        place = 5 + i - twin_at if twin_at <= i < twin_at + 5 else i
+        eng.process(frame(place, seed=i), KeyframeRecord(stamp_ns=i * 10**9, frame_id="cam",
+                                                         pose=Pose((float(i), 0.0, 0.0))))
+
+
+@pytest.mark.parametrize("twin_at, gap_s, refused_by", [(25, 3.0, "s apart in map time"),
+                                                       (25, 100.0, "m apart > max_distance_m 10"),
+                                                       (12, 100.0, "")])
+def test_a_frame_is_at_one_place(tmp_path, twin_at, gap_s, refused_by):
+    """Two accepted candidates of one session far apart (by map time or by pose): the better one stays,
+    the other is refused; a twin within max_distance_m is the same place and stays."""
+    eng = engine(tmp_path, n=2)
+    eng.config.consistency = ConsistencyConfig(n=2, max_gap_s=gap_s, max_distance_m=10.0)
+    _aliased_map(eng, twin_at)
+    revisit = drive(eng, range(5, 10), start_s=100.0, seed=1000)
+    last = revisit[-1].candidates
+    assert {c.match_keyframe_id for c in last} == {9, twin_at + 4}
+    assert last[0].status == Status.ACCEPTED
+    if refused_by:
+        assert last[1].status == Status.INCONSISTENT and refused_by in last[1].reason
+        assert f"another place than keyframe {last[0].match_keyframe_id}" in last[1].reason
+    else:
+        assert last[1].status == Status.ACCEPTED  # 7 m apart: the same place seen from two keyframes

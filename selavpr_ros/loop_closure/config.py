@@ -40,14 +40,18 @@ class ExclusionConfig:
 @dataclass
 class ConsistencyConfig:
     """Temporal consistency: a match must be confirmed by ``n`` consecutive queries whose
-    matches lie within ``max_gap_s`` of each other in map time (n = 1 disables)."""
+    matches lie within ``max_gap_s`` of each other in map time (n = 1 disables). One place per
+    frame: accepted candidates of one map session farther than ``max_gap_s`` in map time, or
+    ``max_distance_m`` apart by their poses (0 disables), from the best one are refused."""
 
     n: int = 3
     max_gap_s: float = 5.0
+    max_distance_m: float = 10.0
 
     def __post_init__(self) -> None:
         check(self.n >= 1, "consistency.n must be >= 1")
         check(self.max_gap_s > 0, "consistency.max_gap_s must be > 0")
+        check(self.max_distance_m >= 0, "consistency.max_distance_m must be >= 0")
 
 
 @dataclass

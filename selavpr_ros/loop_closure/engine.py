@@ -3,7 +3,8 @@
 Per frame: keyframe gate -> retrieval with the temporal exclusion applied
 inside the search -> minimum score -> top-N -> geometric verification (stage
 ``geometric``: relative pose from correspondences) -> temporal consistency
-over consecutive queries (as ORB-SLAM's consistent groups) -> in mapping mode
+over consecutive queries (as ORB-SLAM's consistent groups) -> one place per
+frame (accepted candidates far apart in one session refuse all but the best) -> in mapping mode
 the keyframe is then added to the map, with its camera model and keypoints. Every reported candidate carries a status
 and a human-readable reason. Given the same inputs the output is the same.
 """
@@ -259,7 +260,34 @@ class LoopClosureEngine:
             c.geometry = pose
             out.append(c)
         self._previous = passing
+        self._one_place(out, meta)
         return out
+
+    def _one_place(self, out: list[LoopCandidate], meta: np.ndarray) -> None:
+        """A frame is at one place: accepted candidates of the best one's map session that lie farther
+        from it than ``consistency.max_gap_s`` in map time or ``max_distance_m`` by their poses are
+        refused (repeated textures: one wall photographed twice looks like one place)."""
+        accepted = [i for i, c in enumerate(out) if c.status == Status.ACCEPTED]
+        if len(accepted) < 2:
+            return
+        cfg = self.config.consistency
+        best = out[accepted[0]]  # the best retrieval score among the accepted
+        session, stamp = int(meta["session"][accepted[0]]), int(meta["stamp_ns"][accepted[0]])
+        for i in accepted[1:]:
+            if int(meta["session"][i]) != session:
+                continue  # another session's clock and frame: nothing to compare
+            apart_s = abs(int(meta["stamp_ns"][i]) - stamp) * 1e-9
+            apart_m = float("nan")
+            if best.match_pose is not None and out[i].match_pose is not None:
+                apart_m = float(np.linalg.norm(np.subtract(out[i].match_pose.position, best.match_pose.position)))
+            if apart_s > cfg.max_gap_s:
+                why = f"{apart_s:.1f} s apart in map time > max_gap_s {cfg.max_gap_s:g}"
+            elif cfg.max_distance_m > 0 and apart_m > cfg.max_distance_m:
+                why = f"{apart_m:.1f} m apart > max_distance_m {cfg.max_distance_m:g}"
+            else:
+                continue
+            out[i].status = Status.INCONSISTENT
+            out[i].reason = f"another place than keyframe {best.match_keyframe_id} ({why}); {out[i].reason}"
 
     def _low_score(self, score: float, local: int) -> str:
         """Why a candidate fails the retrieval thresholds; empty when it passes."""

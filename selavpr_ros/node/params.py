@@ -95,6 +95,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("loop_closure.consistency.n", 3, "Consecutive agreeing queries before a match is accepted (1 = off)",
               1, 100),
     ParamSpec("loop_closure.consistency.max_gap_s", 5.0, "Agreeing matches lie within this map time (s)", 0.01, INF),
+    ParamSpec("loop_closure.consistency.max_distance_m", 10.0, "One place per frame: accepted candidates of one map "
+              "session farther than this from the best one, by their poses, are refused (m; 0 = off)", 0.0, INF),
     ParamSpec("loop_closure.retrieval.stages", "binary,float", "Retrieval stages, comma-separated, in order "
               "(binary, float, local, geometric); geometric verifies the top_n candidates with the camera model "
               "(camera_info topic) and gives each a relative pose", read_only=True),
