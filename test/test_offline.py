@@ -67,6 +67,40 @@ def test_build_map_with_poses_resumes_and_replays(tmp_path, nordland):
         assert db.count == 15 and db.sessions() == {"run1": 15}
 
 
+@pytest.mark.parametrize("max_similarity", [1.0, 0.95])
+def test_batched_build_map_equals_one_image_per_call(tmp_path, nordland, max_similarity):
+    """Same keyframes, same codes, floats equal to rounding, with a corrupt frame in the middle; with the
+    appearance gate on (max_similarity < 1) frames are described one at a time and the result is the same."""
+    from selavpr_ros.inference.loader import open_extractor
+    from selavpr_ros.loop_closure.config import KeyframeGateConfig
+    from selavpr_ros.mapdb.database import MapDatabase
+    from selavpr_ros.models.zoo import builtin_checkpoint
+    from selavpr_ros.offline.build_map import build_map
+    from selavpr_ros.transport.image_decoding import encode_image
+
+    imgs = _frames(nordland, "winter", 0, 21)
+    stamps = [T0 + i * 10**8 for i in range(21)]
+    frames = [(t, message("sensor_msgs/msg/Image", header={"stamp": {"sec": t // 10**9, "nanosec": t % 10**9}},
+                          **encode_image(im))) for t, im in zip(stamps, imgs)]
+    frames[10][1].data = frames[10][1].data[:10]  # truncated pixels: a bad frame, counted and skipped
+    bag = write_topics(tmp_path / "bag", [("/camera/image_raw", "sensor_msgs/msg/Image", frames)])
+    ex = open_extractor(builtin_checkpoint(), device="cpu")
+    gate = KeyframeGateConfig(min_interval_s=0.15, max_similarity=max_similarity)
+    maps = {}
+    for batch in (1, 4, 32):
+        report = build_map([bag], "/camera/image_raw", tmp_path / f"map{batch}", ex, gate=gate, batch_size=batch,
+                           commit_every=5, progress=False)[0]
+        assert report.bad_frames == 1 and "unreadable" not in report.camera_problem  # no CameraInfo topic at all
+        with MapDatabase.open(tmp_path / f"map{batch}") as db:
+            maps[batch] = ([r.stamp_ns for r in db.iterate()], np.array(db.codes), np.array(db.float_descriptors))
+    stamps1, codes1, floats1 = maps[1]
+    assert 5 <= len(stamps1) <= 10  # min_interval 0.15 s on 10 Hz frames keeps every second one at most
+    for batch in (4, 32):
+        assert maps[batch][0] == stamps1
+        assert np.mean(np.unpackbits(maps[batch][1] ^ codes1)) < 1e-3  # a sign at rounding level may flip
+        np.testing.assert_allclose(maps[batch][2], floats1, atol=2e-3)  # float16 storage
+
+
 def test_cli_build_map_and_replay(tmp_path, nordland):
     import json
     import subprocess

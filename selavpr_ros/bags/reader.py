@@ -248,6 +248,8 @@ def load_camera_track(reader: AnyReader, topic: str, max_age_s: float = 1.0) -> 
         raise BagError(f"{_bag_names(reader)}: topic '{topic}' has type {', '.join(wrong)}, "
                        "not sensor_msgs/msg/CameraInfo")
     track = CameraTrack(int(max_age_s * 1e9), capacity=1 << 30)
+    if not conns:  # an empty list would mean "every connection" to rosbags
+        return track
     for conn, bag_time, raw in reader.messages(connections=conns):
         try:
             msg = reader.deserialize(raw, conn.msgtype)

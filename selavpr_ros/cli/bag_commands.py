@@ -33,6 +33,13 @@ def _extractor(args):
     return open_extractor(resolve_checkpoint(args.checkpoint), device=args.device)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def cmd_build_map(args: argparse.Namespace) -> int:
     from selavpr_ros.geometry.features import KeypointConfig
     from selavpr_ros.loop_closure.config import KeyframeGateConfig
@@ -47,7 +54,8 @@ def cmd_build_map(args: argparse.Namespace) -> int:
                         base_frame=args.base_frame, map_frame=args.map_frame, sessions=args.session,
                         gate=gate, storage=storage, save_images=args.save_images, max_pose_gap_s=args.max_pose_gap,
                         progress=not args.quiet, camera_info=None if args.camera_info == "none" else args.camera_info,
-                        keypoints=None if keypoints == "none" else keypoints, depth_topic=args.depth_topic)
+                        keypoints=None if keypoints == "none" else keypoints, depth_topic=args.depth_topic,
+                        batch_size=args.batch_size)
     for r in reports:
         line = (f"{r.session}: {r.messages} images, {r.added} keyframes added, {r.gated_out} gated out, "
                 f"{r.already_in_map} already in the map, {r.bad_frames} bad frames")
@@ -118,6 +126,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-translation", type=float, default=0.0, help="keyframe gate: min metres (needs poses)")
     p.add_argument("--min-rotation", type=float, default=0.0, help="keyframe gate: min degrees (needs poses)")
     p.add_argument("--max-similarity", type=float, default=1.0, help="keyframe gate: novelty (1 = off)")
+    p.add_argument("--batch-size", type=_positive, default=8,
+                   help="keyframes described per model call (memory: this many decoded images); 1 when "
+                        "--max-similarity < 1, whose decisions need each descriptor before the next frame")
     p.add_argument("--float-dtype", default="float16", choices=("float16", "float32"))
     p.add_argument("--local-dtype", default="float16", choices=("float16", "float32", "int8", "none"))
     p.add_argument("--local-pool", type=int, default=1, help="store local features pooled k x k")

@@ -14,8 +14,9 @@ all: session A, then session B, which also relocalises in A's keyframes.
 The back-end takes the pose-graph edges the node publishes
 (selavpr_ros/PoseGraphEdge: keys, robot ids, relative pose of the robot
 frames, covariance in GTSAM order) as they are, adds each session's odometry
-chain, places B by its first edge into A, optimises with GTSAM (Huber kernel
-on the loops) and scores every trajectory against the ground truth with evo
+chain, places B by its first edge into A, optimises with GTSAM (graduated
+non-convexity with a truncated least-squares loss on the loop edges, as
+Kimera-RPGO does; --robust huber for a Huber kernel) and scores every trajectory against the ground truth with evo
 (ATE RMSE after SE(3) alignment, RPE over 10 keyframes): once with retrieval
 alone ("same place" edges), once with the geometric stage (verified relative
 poses, metric with depth).
@@ -61,7 +62,7 @@ def cmd_slam_eval(args: argparse.Namespace) -> int:
     runs = {stages: dict(params) for stages, params in RUN_PARAMS.items()}
     if args.min_score is not None:
         runs["binary,float"]["loop_closure.min_score"] = args.min_score
-    results = [slam_eval(sessions, out, stages, extractor, params, args.base_frame, not args.quiet)
+    results = [slam_eval(sessions, out, stages, extractor, params, args.base_frame, not args.quiet, args.robust)
                for stages, params in runs.items()]
     rows = [result_dict(r) for r in results]
     (out / "slam_eval.json").write_text(json.dumps({"bags": {s[1]: str(s[0]) for s in sessions}, "runs": rows},
@@ -97,6 +98,7 @@ def format_table(rows: list[dict]) -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from selavpr_ros.cli import HelpFormatter
+    from selavpr_ros.slam.pose_graph import ROBUST
 
     p = sub.add_parser("slam-eval", help="published pose-graph edges into GTSAM, trajectory error with evo",
                        description=DESCRIPTION, formatter_class=HelpFormatter)
@@ -113,6 +115,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="model (.ckpt or .onnx); default: the built-in demo model")
     p.add_argument("--min-score", type=float, help="loop_closure.min_score of the retrieval-only run (default 0.3, "
                    "the built-in model's); `eval --target-precision 1.0` on held-out data gives a model's own")
+    p.add_argument("--robust", default="gnc", choices=ROBUST,
+                   help="back-end treatment of loop edges: gnc (truncated least squares by graduated "
+                        "non-convexity: a wrong edge ends with weight 0) or huber (bounded pull)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_slam_eval)

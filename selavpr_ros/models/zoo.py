@@ -3,9 +3,10 @@
 ``nordland_demo``: a small DINOv2-family ViT (width 192, 12 blocks, random
 frozen trunk) with SelaVPR++ side adapters and float + hash heads, trained
 on the first 60 % of the Nordland route, its epoch chosen on the span 0.65-0.8
-(see ``training/configs/nordland_demo.yaml`` and the README for its test recall). It lets the demo, the node and the tests run
-on a machine without pretrained DINOv2 weights; robots should use a
-checkpoint built from real DINOv2 weights.
+(see ``training/configs/nordland_demo.yaml`` and the README for its test
+recall). It lets the demo, the node and the tests run on a machine without
+pretrained DINOv2 weights; robots should use a checkpoint built from real
+DINOv2 weights.
 """
 
 from __future__ import annotations

@@ -83,14 +83,20 @@ def build_map(
     camera_info: str | None = "",
     keypoints: KeypointConfig | str | None = "auto",
     depth_topic: str | None = None,
+    batch_size: int = 8,
 ) -> list[SessionReport]:
     """Add the keyframes of each bag to the map at ``out`` (created when absent).
 
     ``camera_info``: CameraInfo topic ("" = the one beside ``image_topic``, None = none);
     ``keypoints``: store keyframe keypoints for the geometric stage ("auto": ORB when the
     bag has CameraInfo, which verification needs anyway); ``depth_topic``:
-    a depth image registered to the camera, stamped like it, for metric (PnP) poses.
+    a depth image registered to the camera, stamped like it, for metric (PnP) poses;
+    ``batch_size``: keyframes described per model call (one when the gate compares appearance,
+    ``max_similarity`` < 1, since each descriptor decides the next keyframe). Batching changes
+    no result: the gate decides on time and motion before any descriptor exists.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if sessions is not None and len(sessions) != len(bags):
         raise BagError(f"{len(sessions)} session names for {len(bags)} bags")
     for bag in bags:  # every input is checked before the map is created or touched
@@ -108,7 +114,7 @@ def build_map(
             geometry = _Geometry(camera_info, keypoints, depth_topic)
             reports.append(_build_session(db, Path(bag), name, image_topic, extractor, pose_topic, base_frame,
                                           map_frame, gate or KeyframeGateConfig(), save_images, max_pose_gap_s,
-                                          commit_every, progress, geometry))
+                                          commit_every, progress, geometry, batch_size))
     except BaseException:
         empty = db.count == 0
         db.close()
@@ -148,12 +154,24 @@ class _Geometry:
         return detect(rgb, self.keypoints, depth)
 
 
+@dataclass
+class _Ready:
+    """A frame that passed the gate's time and motion tests, decoded, waiting for its descriptor."""
+
+    rgb: np.ndarray
+    record: KeyframeRecord
+    keypoints: Keypoints | None
+    camera_problem: str
+
+
 def _build_session(db: MapDatabase, bag: Path, session: str, image_topic: str, extractor: Extractor,
                    pose_topic: str | None, base_frame: str | None, map_frame: str | None, gate_cfg: KeyframeGateConfig,
                    save_images: bool, max_pose_gap_s: float, commit_every: int, progress: bool,
-                   geometry: _Geometry) -> SessionReport:
+                   geometry: _Geometry, batch_size: int = 8) -> SessionReport:
     report = SessionReport(session, str(bag))
     gate = KeyframeGate(gate_cfg)
+    appearance = gate_cfg.max_similarity < 1.0  # the gate reads descriptors: each one before the next decision
+    batch_size = 1 if appearance else batch_size
     resume_stamp = -1
     newest = db.newest_keyframe(session)
     if newest is not None:
@@ -163,11 +181,39 @@ def _build_session(db: MapDatabase, bag: Path, session: str, image_topic: str, e
     image_dir = db.path / "images" / session
     if save_images:
         image_dir.mkdir(parents=True, exist_ok=True)
+    ready: list[_Ready] = []
     pending_desc: list[Descriptors] = []
     pending_rec: list[KeyframeRecord] = []
     pending_kp: list[Keypoints | None] = []
 
+    def describe() -> None:
+        """Describe the ready frames in one batch and queue those that stay keyframes."""
+        if not ready:
+            return
+        desc = extractor.extract([r.rgb for r in ready], batch_size=len(ready))
+        keep = []
+        for i, r in enumerate(ready):
+            if appearance and gate.check(r.record.stamp_ns, desc.descriptors[i], r.record.pose):
+                report.gated_out += 1
+                continue
+            if appearance:
+                gate.accept(r.record.stamp_ns, desc.descriptors[i], r.record.pose)
+            if save_images:
+                path = image_dir / f"{r.record.stamp_ns}.jpg"
+                Image.fromarray(r.rgb).save(path, quality=92)
+                r.record.image_ref = str(path.relative_to(db.path))
+            if geometry.track is not None and r.record.camera is None:
+                report.without_camera += 1
+                report.camera_problem = report.camera_problem or r.camera_problem
+            keep.append(i)
+            pending_kp.append(r.keypoints)
+            pending_rec.append(r.record)
+        if keep:
+            pending_desc.append(desc if len(keep) == len(ready) else desc[np.asarray(keep)])
+        ready.clear()
+
     def commit() -> None:
+        describe()
         if pending_rec:
             db.add(Descriptors.concat(pending_desc), pending_rec, session=session,
                    keypoints=pending_kp if isinstance(geometry.keypoints, KeypointConfig) else None)
@@ -198,7 +244,7 @@ def _build_session(db: MapDatabase, bag: Path, session: str, image_topic: str, e
             posed += pose is not None
             # time and motion first: most frames are rejected before any inference (with max_similarity >= 1
             # the gate never reads the descriptor, so an empty one stands in for the one not yet computed)
-            reason = gate.check(item.stamp_ns, _NO_DESCRIPTOR, pose) if gate_cfg.max_similarity >= 1.0 else ""
+            reason = gate.check(item.stamp_ns, _NO_DESCRIPTOR, pose) if not appearance else ""
             if reason:
                 report.gated_out += 1
                 continue
@@ -218,24 +264,13 @@ def _build_session(db: MapDatabase, bag: Path, session: str, image_topic: str, e
                 if len(report.errors) < 10:
                     report.errors.append(f"{item.stamp_ns}: {exc}")
                 continue
-            desc = extractor.extract([rgb], batch_size=1)
-            if gate_cfg.max_similarity < 1.0 and gate.check(item.stamp_ns, desc.descriptors[0], pose):
-                report.gated_out += 1
-                continue
-            ref = ""
-            if save_images:
-                path = image_dir / f"{item.stamp_ns}.jpg"
-                Image.fromarray(rgb).save(path, quality=92)
-                ref = str(path.relative_to(db.path))
-            if geometry.track is not None and camera is None:
-                report.without_camera += 1
-                report.camera_problem = report.camera_problem or problem
-            pending_desc.append(desc)
-            pending_kp.append(kp)
-            pending_rec.append(KeyframeRecord(stamp_ns=item.stamp_ns, frame_id=item.frame_id, source=str(bag),
-                                              topic=image_topic, image_ref=ref, pose=pose, session=session,
-                                              camera=camera))
-            gate.accept(item.stamp_ns, desc.descriptors[0], pose)
+            if not appearance:  # the decision is final now: later frames are gated against this one
+                gate.accept(item.stamp_ns, _NO_DESCRIPTOR, pose)
+            ready.append(_Ready(rgb, KeyframeRecord(stamp_ns=item.stamp_ns, frame_id=item.frame_id, source=str(bag),
+                                                    topic=image_topic, pose=pose, session=session, camera=camera),
+                                kp, problem))
+            if len(ready) >= batch_size:
+                describe()
             if len(pending_rec) >= commit_every and (track is None or posed):
                 commit()
         if track is not None and not posed and report.messages > report.already_in_map:

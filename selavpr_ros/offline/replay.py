@@ -87,6 +87,8 @@ def static_transforms(reader, topic: str = "/tf_static") -> LiveTransforms:
     wrong = sorted({c.msgtype for c in conns if c.msgtype != TFMESSAGE})
     if wrong:
         raise BagError(f"topic '{topic}' has type {', '.join(wrong)}, not {TFMESSAGE}")
+    if not conns:  # an empty list would mean "every connection" to rosbags
+        return transforms
     for conn, _, raw in reader.messages(connections=conns):
         transforms.add(reader.deserialize(raw, conn.msgtype), static=True)
     return transforms

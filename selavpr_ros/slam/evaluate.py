@@ -187,8 +187,9 @@ def trajectory_errors(truth: np.ndarray, estimate: np.ndarray, stamps: np.ndarra
 
 
 def _initial(tracks: list[SessionTrack], loops: list[LoopEdge]) -> tuple[dict[int, np.ndarray], bool]:
-    """Initial poses: the first session in its odometry frame; each later one placed by its first edge
-    into an earlier session (its own odometry frame is unknown to the back-end), else left out."""
+    """Initial poses: the first session in its odometry frame; each later one placed in an earlier
+    session's frame (its own odometry frame is unknown to the back-end) by the edge whose placement
+    most of its other edges agree with (within 1 m), else left out."""
     initial: dict[int, np.ndarray] = {}
     placed = True
     for track in tracks:
@@ -198,20 +199,26 @@ def _initial(tracks: list[SessionTrack], loops: list[LoopEdge]) -> tuple[dict[in
             initial.update(zip(keys, odo))
             continue
         index = {k: i for i, k in enumerate(keys)}
-        anchor = next((le.edge for le in loops if graph_key(le.edge.robot_from, le.edge.key_from) in index
-                       and graph_key(le.edge.robot_to, le.edge.key_to) in initial), None)
-        if anchor is None:
+        corrections = []
+        for le in loops:
+            key_from, key_to = graph_key(le.edge.robot_from, le.edge.key_from), graph_key(le.edge.robot_to,
+                                                                                         le.edge.key_to)
+            if key_from in index and key_to in initial:
+                at = initial[key_to] @ np.linalg.inv(le.edge.transform)
+                corrections.append(at @ np.linalg.inv(odo[index[key_from]]))
+        if not corrections:
             placed = False
             continue
-        j = index[graph_key(anchor.robot_from, anchor.key_from)]
-        at_j = initial[graph_key(anchor.robot_to, anchor.key_to)] @ np.linalg.inv(anchor.transform)
-        correction = at_j @ np.linalg.inv(odo[j])
+        shifts = np.array([c[:3, 3] for c in corrections])
+        support = [(np.linalg.norm(shifts - c[:3, 3], axis=1) < 1.0).sum() for c in corrections]
+        correction = corrections[int(np.argmax(support))]  # the first of the best supported
         initial.update((k, correction @ p) for k, p in zip(keys, odo))
     return initial, placed
 
 
 def slam_eval(sessions: list[tuple[Path, str, int, np.ndarray, np.ndarray]], work: Path, stages: str, extractor,
-              params: dict[str, Any] | None = None, base_frame: str = "", progress: bool = True) -> SlamResult:
+              params: dict[str, Any] | None = None, base_frame: str = "", progress: bool = True,
+              robust: str = "gnc") -> SlamResult:
     """One run over ``sessions`` (bag, session name, robot id, true base poses (x, y, yaw), their stamps),
     mapped in that order into one map: pipeline, published edges, graph, optimisation, scores."""
     import shutil
@@ -243,7 +250,7 @@ def slam_eval(sessions: list[tuple[Path, str, int, np.ndarray, np.ndarray]], wor
                    le.edge.transform, le.edge.covariance, "loop") for le in loops
               if graph_key(le.edge.robot_from, le.edge.key_from) in initial
               and graph_key(le.edge.robot_to, le.edge.key_to) in initial]
-    optimised = optimise(initial, graph, prior_key=tracks[0].graph_keys()[0])
+    optimised = optimise(initial, graph, prior_key=tracks[0].graph_keys()[0], robust=robust)
     per_session: dict[str, dict[str, Any]] = {}
     poses: dict[str, np.ndarray] = {}
     for track in tracks:

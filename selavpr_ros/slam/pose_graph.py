@@ -1,4 +1,4 @@
-"""A pose graph from odometry and loop closures, optimised with GTSAM under a robust kernel.
+"""A pose graph from odometry and loop closures, optimised with GTSAM, robust to wrong loop edges.
 
 Edges carry the pose of ``key_to`` in the frame of ``key_from`` and a 6 x 6
 covariance in GTSAM's Pose3 tangent order (rotation first, perturbation on
@@ -38,29 +38,52 @@ def check_covariance(cov: np.ndarray, what: str) -> np.ndarray:
     return cov
 
 
-def optimise(initial: dict[int, np.ndarray], edges: list[Edge], prior_key: int, huber: float = 1.345,
-             prior_sigma: float = 1e-3) -> dict[int, np.ndarray]:
-    """Levenberg-Marquardt on the graph; loop edges under a Huber kernel. Returns the optimised poses."""
+ROBUST = ("gnc", "huber")
+
+
+def optimise(initial: dict[int, np.ndarray], edges: list[Edge], prior_key: int, robust: str = "gnc",
+             huber: float = 1.345, prior_sigma: float = 1e-3) -> dict[int, np.ndarray]:
+    """Optimise the graph; returns the optimised poses.
+
+    ``robust="gnc"``: graduated non-convexity with a truncated least-squares loss on the loop
+    edges, odometry and the prior known inliers, as robust multi-robot back-ends (Kimera-RPGO)
+    do: a loop edge that disagrees with the rest beyond its 99 % chi-square bound ends with
+    weight 0 whatever its covariance claims. ``"huber"``: Levenberg-Marquardt with loop edges
+    under a Huber kernel, whose pull on a gross outlier is bounded but never zero.
+    """
     import gtsam
 
+    if robust not in ROBUST:
+        raise ConfigError(f"robust must be one of {', '.join(ROBUST)}, got {robust!r}")
     graph = gtsam.NonlinearFactorGraph()
     values = gtsam.Values()
     for key, pose in initial.items():
         values.insert(key, gtsam.Pose3(pose))
     graph.add(gtsam.PriorFactorPose3(prior_key, gtsam.Pose3(initial[prior_key]),
                                      gtsam.noiseModel.Isotropic.Sigma(6, prior_sigma)))
+    inliers = [0]
     for e in edges:
         if e.key_from not in initial or e.key_to not in initial:
             missing = e.key_from if e.key_from not in initial else e.key_to
             raise ConfigError(f"{e.kind} edge {e.key_from} -> {e.key_to}: unknown key {missing}")
         cov = check_covariance(e.covariance, f"{e.kind} edge {e.key_from} -> {e.key_to}")
-        gaussian = gtsam.noiseModel.Gaussian.Covariance(cov)
-        noise = gtsam.noiseModel.Robust.Create(gtsam.noiseModel.mEstimator.Huber.Create(huber), gaussian) \
-            if e.kind == "loop" else gaussian
+        noise = gtsam.noiseModel.Gaussian.Covariance(cov)
+        if e.kind == "loop" and robust == "huber":
+            noise = gtsam.noiseModel.Robust.Create(gtsam.noiseModel.mEstimator.Huber.Create(huber), noise)
+        if e.kind != "loop":
+            inliers.append(graph.size())
         graph.add(gtsam.BetweenFactorPose3(e.key_from, e.key_to, gtsam.Pose3(e.transform), noise))
-    params = gtsam.LevenbergMarquardtParams()
-    params.setMaxIterations(100)
-    result = gtsam.LevenbergMarquardtOptimizer(graph, values, params).optimize()
+    lm = gtsam.LevenbergMarquardtParams()
+    lm.setMaxIterations(100)
+    if robust == "huber" or len(inliers) == graph.size():
+        return _poses(gtsam.LevenbergMarquardtOptimizer(graph, values, lm).optimize(), initial)
+    params = gtsam.GncLMParams(lm)
+    params.setLossType(gtsam.GncLossType.TLS)
+    params.setKnownInliers(inliers)
+    return _poses(gtsam.GncLMOptimizer(graph, values, params).optimize(), initial)
+
+
+def _poses(result, initial: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
     return {key: result.atPose3(key).matrix() for key in initial}
 
 
