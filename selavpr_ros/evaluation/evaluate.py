@@ -11,6 +11,7 @@ throughput is images per second over the whole dataset.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -215,8 +216,38 @@ def evaluate(extractor: Extractor, ev: EvalSet, stages: Sequence[Stage], ns: tup
     db_desc = extractor.extract(ev.database, batch_size, progress)
     q_desc = extractor.extract(ev.queries, batch_size, progress)
     ips = (len(ev.database) + len(ev.queries)) / (time.perf_counter() - t0)
-    work = Path(work_dir or tempfile.mkdtemp(prefix="selavpr_eval_"))
-    db = MapDatabase.create(work / "map", layout, extractor.model_id)
+    with _scratch_dir(work_dir) as work:
+        db = MapDatabase.create(work / "map", layout, extractor.model_id, durable=False)
+        try:
+            report, rankings, extras_geometry = _evaluate_on(db, extractor, ev, stages, verify, ns, k, local_k,
+                                                             geometry, geometric_k, hfov_deg, progress, q_desc,
+                                                             db_desc, ips)
+        finally:
+            db.close()
+    return report, {"rankings": rankings, "query_desc": q_desc, "db_desc": db_desc,
+                    "geometry_claims": extras_geometry if verify else []}
+
+
+@contextlib.contextmanager
+def _scratch_dir(work_dir: Path | None):
+    """Where the database descriptors are indexed: ``work_dir`` when given (kept), else a temporary
+    folder in memory (``/dev/shm`` where it exists), removed whatever happens."""
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+        yield Path(work_dir)
+        return
+    shm = Path("/dev/shm")
+    parent = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="selavpr_eval_", dir=parent) as tmp:
+        yield Path(tmp)
+
+
+def _evaluate_on(db: MapDatabase, extractor: Extractor, ev: EvalSet, stages: list, verify: bool,
+                 ns: tuple[int, ...], k: int, local_k: int, geometry: VerificationConfig | None, geometric_k: int,
+                 hfov_deg: float, progress: bool, q_desc: Descriptors, db_desc: Descriptors, ips: float):
+    """The stages of :func:`evaluate` over the database descriptors in the scratch map ``db``."""
+    layout = extractor.layout
+    extras_geometry: list = []
     geo = geometry or VerificationConfig()
     db_views = _views(ev.database, geo, hfov_deg, progress, ev.database_cameras) if verify else None
     db.add(db_desc, [KeyframeRecord(stamp_ns=i, image_ref=str(p), camera=db_views[i].camera if db_views else None)
@@ -250,9 +281,7 @@ def evaluate(extractor: Extractor, ev: EvalSet, stages: Sequence[Stage], ns: tup
         report.stage_ms[name] = {**report.stage_ms[STAGE_NAMES[stages[-1]]], "geometric": ms}
         report.precision_recall[name] = _claims_pr(confidence, pred[:, 0], ev.positives)
     report.latency_vs_map_size = _latency_vs_size(db, q_desc, stages, k)
-    db.close()
-    return report, {"rankings": rankings, "query_desc": q_desc, "db_desc": db_desc,
-                    "geometry_claims": extras_geometry if verify else []}
+    return report, rankings, extras_geometry
 
 
 def _confidence(c, stage: str, code_bits: int) -> float:
@@ -362,20 +391,26 @@ def _pose_errors(ev: EvalSet, claims: list[tuple[int, RelativePose] | None]) -> 
 
 
 def _latency_vs_size(db: MapDatabase, queries: Descriptors, stages: Sequence[Stage], k: int) -> list[dict[str, Any]]:
-    """Per-query latency of each stage on growing prefixes of the map (a quarter, a half, all)."""
+    """Per-query latency of each stage on growing prefixes of the map (a quarter, a half, all): each
+    of up to 50 queries timed alone after one warm-up query; median with the 10th-90th percentiles."""
     rows = []
     n = db.count
-    sample = queries[np.arange(min(len(queries), 50))]
+    sample = min(len(queries), 50)
     for frac in (0.25, 0.5, 1.0):
         size = max(1, int(n * frac))
         allowed = np.zeros(n, bool)
         allowed[:size] = True
         for stage in stages:
             retriever = Retriever(db, RetrievalConfig(stages=pipeline_up_to(stage), k=min(k, size)))
-            t = time.perf_counter()
-            retriever.search_batch(sample, allowed)
-            rows.append({"map_size": size, "stage": STAGE_NAMES[stage],
-                         "ms": (time.perf_counter() - t) * 1000 / len(sample)})
+            retriever.search(queries[0], allowed)  # warm-up: first-call allocations are not a query's cost
+            times = []
+            for q in range(sample):
+                t = time.perf_counter()
+                retriever.search(queries[q], allowed)
+                times.append((time.perf_counter() - t) * 1000)
+            p10, median, p90 = np.percentile(times, [10, 50, 90])
+            rows.append({"map_size": size, "stage": STAGE_NAMES[stage], "ms": float(median),
+                         "p10_ms": float(p10), "p90_ms": float(p90), "queries": sample})
     return rows
 
 

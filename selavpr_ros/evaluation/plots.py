@@ -80,14 +80,18 @@ def plot_pr_curves(curves: Mapping[str, Mapping[str, Any]], path: str | Path, ti
 
 
 def plot_latency_vs_map_size(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Per-query latency (ms) against map size, one line per stage (log-log)."""
+    """Per-query latency (ms) against map size, one line per stage (log-log): the median, and the
+    10th-90th percentile band where the rows carry it."""
     if not rows:
         raise ValueError("no latency rows to plot")
     fig = _figure(5, 3.5)
     ax = fig.add_subplot()
     for stage in dict.fromkeys(r["stage"] for r in rows):
-        pts = sorted((r["map_size"], r["ms"]) for r in rows if r["stage"] == stage)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=stage)
+        pts = sorted((r["map_size"], r["ms"], r.get("p10_ms"), r.get("p90_ms")) for r in rows if r["stage"] == stage)
+        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{stage} (median)")
+        if all(p[2] is not None and p[3] is not None for p in pts):
+            ax.fill_between([p[0] for p in pts], [p[2] for p in pts], [p[3] for p in pts], color=line.get_color(),
+                            alpha=0.2, linewidth=0)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("map entries")

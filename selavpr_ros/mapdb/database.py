@@ -141,6 +141,7 @@ class MapDatabase:
         self.writable = writable
         self._lock_file = lock_file
         self._mutex = threading.RLock()
+        self.durable = True  # fsync every commit (create(durable=False): a scratch map)
         self._load_meta()
 
     # -- opening ----------------------------------------------------------------
@@ -152,8 +153,13 @@ class MapDatabase:
         model_id: str,
         model_config: dict | None = None,
         storage: StorageConfig | None = None,
+        durable: bool = True,
     ) -> MapDatabase:
-        """Create an empty map for a model; the directory must not hold a map already."""
+        """Create an empty map for a model; the directory must not hold a map already.
+
+        ``durable=False`` makes a scratch map (evaluation): nothing is fsynced, so a power loss may
+        lose it; everything else, atomic adds included, is as for a map a robot keeps.
+        """
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise MapError(f"{path} is a file, not a map folder; choose a folder for the map")
@@ -186,7 +192,11 @@ class MapDatabase:
                 "package_version": __version__,
             }
             conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
-        return cls(path, conn, writable=True, lock_file=lock)
+        db = cls(path, conn, writable=True, lock_file=lock)
+        if not durable:
+            conn.execute("PRAGMA synchronous=OFF")
+            db.durable = False
+        return db
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> MapDatabase:
@@ -474,12 +484,13 @@ class MapDatabase:
             rows_meta["session"] = sid
             rows_meta["flags"] = [FLAG_HAS_POSE if r.pose is not None else 0 for r in records]
             try:
-                self._arrays["codes"].write_rows(start, desc.codes)
-                self._arrays["float"].write_rows(start, desc.descriptors)
+                self._arrays["codes"].write_rows(start, desc.codes, self.durable)
+                self._arrays["float"].write_rows(start, desc.descriptors, self.durable)
                 if "local" in self._arrays:
                     assert desc.local_features is not None  # _validate requires them when the map stores local
-                    self._arrays["local"].write_rows(start, encode_local(desc.local_features, self.info.stored.storage))
-                self._arrays["rows"].write_rows(start, rows_meta)
+                    self._arrays["local"].write_rows(start, encode_local(desc.local_features, self.info.stored.storage),
+                                                     self.durable)
+                self._arrays["rows"].write_rows(start, rows_meta, self.durable)
                 self._commit(start, ids, sid, records, keypoints, new_session)
             except DiskFullError as exc:
                 raise DiskFullError(
