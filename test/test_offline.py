@@ -101,6 +101,41 @@ def test_batched_build_map_equals_one_image_per_call(tmp_path, nordland, max_sim
         np.testing.assert_allclose(maps[batch][2], floats1, atol=2e-3)  # float16 storage
 
 
+def test_batched_replay_equals_one_frame_per_call(tmp_path, nordland):
+    """Mapping mode over a bag with a corrupt frame: batches of 1, 5 and 30 give the same keyframes,
+    candidates and statuses (the engine still judges frame by frame), the bad frame counted once."""
+    from selavpr_ros.inference.loader import open_extractor
+    from selavpr_ros.models.zoo import builtin_checkpoint
+    from selavpr_ros.node.params import validate
+    from selavpr_ros.node.pipeline import VPRPipeline
+    from selavpr_ros.offline.replay import replay
+    from selavpr_ros.transport.image_decoding import encode_image
+
+    imgs = _frames(nordland, "summer", 0, 40) + _frames(nordland, "winter", 0, 40)
+    stamps = [T0 + i * 10**9 for i in range(80)]
+    frames = [(t, message("sensor_msgs/msg/Image", header={"stamp": {"sec": t // 10**9}}, **encode_image(im)))
+              for t, im in zip(stamps, imgs)]
+    frames[45][1].encoding = "yuv9000"  # an unknown encoding: refused, counted, the replay goes on
+    bag = write_topics(tmp_path / "bag", [("/camera/image_raw", "sensor_msgs/msg/Image", frames)])
+    ex = open_extractor(builtin_checkpoint(), device="cpu")
+    runs = {}
+    for batch in (1, 5, 30):
+        pipeline = VPRPipeline(validate({"map_path": str(tmp_path / f"map{batch}"), "mode": "mapping",
+                                         "device": "cpu", "loop_closure.keyframe.min_interval_s": 0.0,
+                                         "loop_closure.exclusion.recent_s": 20.0}), extractor=ex)
+        try:
+            result = replay(bag, "/camera/image_raw", pipeline, progress=False, batch_size=batch)
+        finally:
+            pipeline.close()
+        assert result.bad_frames == 1 and "yuv9000" in result.errors[0]
+        runs[batch] = [(o.result.keyframe_id, [(c.match_keyframe_id, c.status) for c in o.result.candidates])
+                       for o in result.outcomes]
+    assert len(runs[1]) == 79 and any(any(s == 0 for _, s in cands) for _, cands in runs[1])  # some accepted
+    assert runs[5] == runs[1] and runs[30] == runs[1]
+    with pytest.raises(ValueError, match="batch_size must be in"):
+        replay(bag, "/camera/image_raw", pipeline, progress=False, batch_size=0)
+
+
 def test_cli_build_map_and_replay(tmp_path, nordland):
     import json
     import subprocess

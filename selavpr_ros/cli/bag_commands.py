@@ -88,7 +88,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         with ReplayWriter(pipeline, out / "candidates.json", out / "candidates.csv", out / "candidates_bag") as sink:
             result = replay(args.bag, args.image_topic, pipeline, progress=not args.quiet,
                             camera_info=None if args.camera_info == "none" else args.camera_info, sinks=[sink],
-                            keep_outcomes=False)  # streamed: memory does not grow with the bag
+                            keep_outcomes=False,  # streamed: memory does not grow with the bag
+                            batch_size=args.batch_size)
     finally:
         pipeline.close()
     summary = {"queries": result.keyframes, "accepted": result.accepted, "edges": pipeline.edges_published,
@@ -148,5 +149,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="replay_out", help="output folder")
     p.add_argument("--params", help="node parameter file (config/vpr.yaml) for the loop-closure settings")
     p.add_argument("-p", "--param", action="append", metavar="NAME:=VALUE", help="override one node parameter")
+    p.add_argument("--batch-size", type=_positive, default=8,
+                   help="frames described per model call (at most 30; results equal one frame per call)")
     _common(p)
     p.set_defaults(func=cmd_replay)

@@ -264,16 +264,21 @@ class LoopClosureEngine:
         return out
 
     def _one_place(self, out: list[LoopCandidate], meta: np.ndarray) -> None:
-        """A frame is at one place: accepted candidates of the best one's map session that lie farther
-        from it than ``consistency.max_gap_s`` in map time or ``max_distance_m`` by their poses are
-        refused (repeated textures: one wall photographed twice looks like one place)."""
+        """A frame is at one place: accepted candidates of the best one's map session (the best
+        verified one, else the best scored) that lie farther from it than ``consistency.max_gap_s``
+        in map time or ``max_distance_m`` by their poses are refused (repeated textures: one wall
+        photographed twice looks like one place)."""
         accepted = [i for i, c in enumerate(out) if c.status == Status.ACCEPTED]
         if len(accepted) < 2:
             return
         cfg = self.config.consistency
-        best = out[accepted[0]]  # the best retrieval score among the accepted
-        session, stamp = int(meta["session"][accepted[0]]), int(meta["stamp_ns"][accepted[0]])
-        for i in accepted[1:]:
+        verified = [i for i in accepted if out[i].verification == Verification.VERIFIED]
+        first = (verified or accepted)[0]  # geometry outranks appearance; then the best score
+        best = out[first]
+        session, stamp = int(meta["session"][first]), int(meta["stamp_ns"][first])
+        for i in accepted:
+            if i == first:
+                continue
             if int(meta["session"][i]) != session:
                 continue  # another session's clock and frame: nothing to compare
             apart_s = abs(int(meta["stamp_ns"][i]) - stamp) * 1e-9

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from selavpr_ros.errors import CameraError, ImageError, MapError, StampError
+from selavpr_ros.errors import CameraError, ImageError, MapError, SelaVPRError, StampError
 from selavpr_ros.geometry.camera import CameraModel, CameraTrack
 from selavpr_ros.geometry.features import detect
 from selavpr_ros.inference.base import Extractor
@@ -31,7 +31,7 @@ from selavpr_ros.node.params import edge_config, loop_closure_config
 from selavpr_ros.retrieval.verification import QueryView
 from selavpr_ros.threads import set_thread_budget
 from selavpr_ros.transport.image_decoding import check_string_field, decode_any, decode_depth, shown
-from selavpr_ros.types import KeyframeRecord, Pose, header_fields, ns_to_stamp, stamp_ns
+from selavpr_ros.types import Descriptors, KeyframeRecord, Pose, header_fields, ns_to_stamp, stamp_ns
 
 SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
@@ -248,6 +248,44 @@ class VPRPipeline:
                     gate: bool = True) -> FrameOutcome:
         timings = dict(timings or {})
         frame.frame_id = check_string_field("frame_id", frame.frame_id)  # stored per keyframe: bounded
+        self._check_stamp(frame)
+        self._prepare(rgb, frame)
+        t1 = time.perf_counter()
+        desc = self.extractor.extract([rgb], batch_size=1)
+        timings["describe"] = (time.perf_counter() - t1) * 1000
+        return self._judge(rgb, frame, desc, timings, gate)
+
+    def process_batch(self, frames: list[Frame], gate: bool = True) -> list[FrameOutcome | SelaVPRError]:
+        """Like :meth:`process` for each frame, the frames described in one model call (offline work:
+        replay). Each entry is the frame's outcome, or the error that refused it (a bad frame costs
+        only itself). The outcomes equal those of one call per frame, in order."""
+        results: list[FrameOutcome | SelaVPRError | None] = [None] * len(frames)
+        ready: list[tuple[int, np.ndarray, dict[str, float]]] = []
+        for i, frame in enumerate(frames):
+            t0 = time.perf_counter()
+            try:
+                rgb = decode_any(frame.msg, max_pixels=int(self.params["max_image_pixels"]))
+                frame.frame_id = check_string_field("frame_id", frame.frame_id)
+            except SelaVPRError as exc:
+                results[i] = exc
+                continue
+            ready.append((i, rgb, {"decode": (time.perf_counter() - t0) * 1000}))
+        if ready:
+            for i, rgb, _ in ready:
+                self._prepare(rgb, frames[i])
+            t1 = time.perf_counter()
+            desc = self.extractor.extract([rgb for _, rgb, _ in ready], batch_size=len(ready))
+            per_frame = (time.perf_counter() - t1) * 1000 / len(ready)
+            for j, (i, rgb, timings) in enumerate(ready):
+                timings["describe"] = per_frame
+                try:
+                    self._check_stamp(frames[i])
+                    results[i] = self._judge(rgb, frames[i], desc[j], timings, gate)
+                except SelaVPRError as exc:
+                    results[i] = exc
+        return [r for r in results if r is not None]
+
+    def _check_stamp(self, frame: Frame) -> None:
         with self.lock:
             verdict = self.stamps.check(frame.stamp_ns, frame.received)
             if verdict == "jump":
@@ -258,6 +296,9 @@ class VPRPipeline:
                 )
             if verdict == "reset":  # the clock was reset: restart the gate and consistency
                 self.engine = self._engine(self.db, self.lc_config)
+
+    def _prepare(self, rgb: np.ndarray, frame: Frame) -> None:
+        """The frame's pose, camera model and depth image, as they stand at its stamp."""
         if frame.pose is None and self.pose_lookup is not None:
             frame.pose = self.pose_lookup(frame)
         if frame.camera is None and not frame.camera_problem:  # stored with the keyframe, verifying or not
@@ -274,8 +315,10 @@ class VPRPipeline:
                 frame.camera.check_image(rgb.shape[1], rgb.shape[0])
             except CameraError as exc:  # a wrong camera_info is not stored
                 frame.camera, frame.camera_problem = None, str(exc)
-        t1 = time.perf_counter()
-        desc = self.extractor.extract([rgb], batch_size=1)
+
+    def _judge(self, rgb: np.ndarray, frame: Frame, desc: Descriptors, timings: dict[str, float],
+               gate: bool) -> FrameOutcome:
+        """Keypoints, the loop-closure engine and the pose-graph edges of one described frame."""
         t2 = time.perf_counter()
         view = self.query_view(rgb, frame, None if desc.local_features is None else desc.local_features[0])
         t3 = time.perf_counter()
@@ -283,7 +326,6 @@ class VPRPipeline:
                                 topic=frame.topic, pose=frame.pose, camera=frame.camera, slam_id=frame.slam_id)
         with self.lock:
             result = self.engine.process(desc, record, view, gate)
-        timings["describe"] = (t2 - t1) * 1000
         if view is not None:
             timings["keypoints"] = (t3 - t2) * 1000
         timings.update({f"retrieval.{k}": v for k, v in result.timings_ms.items()})

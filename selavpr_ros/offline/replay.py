@@ -34,7 +34,7 @@ from selavpr_ros.bags.reader import (
     open_bags,
 )
 from selavpr_ros.bags.writer import BagRecorder
-from selavpr_ros.errors import BagError, ImageError
+from selavpr_ros.errors import BagError, ImageError, StampError
 from selavpr_ros.node.live_poses import LiveTransforms, mount_lookup
 from selavpr_ros.node.pipeline import (
     Frame,
@@ -96,13 +96,18 @@ def static_transforms(reader, topic: str = "/tf_static") -> LiveTransforms:
 
 def replay(bag: str | Path, image_topic: str, pipeline: VPRPipeline, progress: bool = True,
            camera_info: str | None = "", pose_topic: str | None = None, depth_topic: str | None = None,
-           max_pose_gap_s: float = 0.5, sinks: Sequence[OutcomeSink] = (), keep_outcomes: bool = True) -> ReplayResult:
+           max_pose_gap_s: float = 0.5, sinks: Sequence[OutcomeSink] = (), keep_outcomes: bool = True,
+           batch_size: int = 8) -> ReplayResult:
     """Every image of ``image_topic`` through ``pipeline``; CameraInfo from ``camera_info``
     ("" = the topic beside the images, None = none); with ``pose_topic`` each frame gets the pose
     interpolated at its stamp, with ``depth_topic`` its registered depth image (fed to the pipeline's
     depth buffer, as the node's depth subscription does). With ``edges.base_frame`` set, the camera
     mounts for the pose-graph edges come from the bag's ``/tf_static``. Each outcome goes to ``sinks``;
-    ``keep_outcomes=False`` keeps none of them (memory independent of the bag's length)."""
+    ``keep_outcomes=False`` keeps none of them (memory independent of the bag's length).
+    ``batch_size`` frames are described per model call (memory: that many images); the outcomes
+    are those of one frame at a time."""
+    if not 1 <= batch_size <= pipeline.depths.capacity:
+        raise ValueError(f"batch_size must be in [1, {pipeline.depths.capacity}], got {batch_size}")
     result = ReplayResult()
     with open_bags([bag]) as reader:
         if pipeline.params["edges.base_frame"] and pipeline.mount_lookup is None:
@@ -114,6 +119,25 @@ def replay(bag: str | Path, image_topic: str, pipeline: VPRPipeline, progress: b
                                         float(pipeline.params["camera_info.max_age_s"]))
         track = load_pose_track(reader, pose_topic) if pose_topic else None
         depths = StampedLookup(reader, depth_topic) if depth_topic else None
+        batch: list[tuple[Frame, int]] = []
+
+        def run_batch() -> None:
+            for (frame, bag_time), outcome in zip(batch, pipeline.process_batch([f for f, _ in batch])):
+                frame.msg = frame.depth = None  # the pixels are done with: never held for the whole bag
+                if isinstance(outcome, (ImageError, StampError)):  # a bad frame: counted, the replay goes on
+                    result.bad_frames += 1
+                    if len(result.errors) < 10:
+                        result.errors.append(f"{frame.stamp_ns}: {outcome}")
+                    continue
+                if isinstance(outcome, Exception):
+                    raise outcome
+                result.count(outcome)
+                for sink in sinks:
+                    sink(outcome, bag_time)
+                if keep_outcomes:
+                    result.outcomes.append(outcome)
+            batch.clear()
+
         for item in tqdm(iter_images(reader, image_topic), total=total, desc=f"replay {Path(bag).name}",
                          unit="img", disable=not progress):
             frame = Frame(item.msg, item.stamp_ns, item.frame_id, source=str(bag), topic=image_topic)
@@ -125,19 +149,10 @@ def replay(bag: str | Path, image_topic: str, pipeline: VPRPipeline, progress: b
                 depth_msg = depths.get(item.stamp_ns)
                 if depth_msg is not None:
                     pipeline.depths.add(item.stamp_ns, depth_msg)
-            try:
-                outcome = pipeline.process(frame)
-            except ImageError as exc:
-                result.bad_frames += 1
-                if len(result.errors) < 10:
-                    result.errors.append(f"{item.stamp_ns}: {exc}")
-                continue
-            frame.msg = frame.depth = None  # the pixels are done with: never held for the whole bag
-            result.count(outcome)
-            for sink in sinks:
-                sink(outcome, item.bag_time_ns)
-            if keep_outcomes:
-                result.outcomes.append(outcome)
+            batch.append((frame, item.bag_time_ns))
+            if len(batch) >= batch_size:
+                run_batch()
+        run_batch()
     return result
 
 
