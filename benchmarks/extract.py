@@ -11,6 +11,13 @@ machine's measured fp32 matmul peak (and, for reference, by DESIGN.md's
 
     python benchmarks/extract.py            # full run (~10 min on 2 cores)
     python benchmarks/extract.py --quick    # ViT-S only, fewer repeats
+    python benchmarks/extract.py --authors ~/src/SelaVPRplusplus   # + the authors' model, side by side
+
+With ``--authors`` (a checkout of github.com/Lu-Feng/SelaVPRplusplus, never part of this package)
+the authors' SelaVPR++ ViT-B/14 two-branch model is built from their code with seeded random
+weights, saved in their release layout and imported; their eager PyTorch forward, this package's
+PyTorch path and its ONNX Runtime fp32 and int8 paths then run interleaved (one call of each in
+turn, batch 1, 224 x 224, the same input), and the outputs are compared.
 """
 
 from __future__ import annotations
@@ -76,10 +83,77 @@ def bench_model(config: ModelConfig, batches: list[int], repeats: int, workdir: 
     return rows
 
 
+def authors_side_by_side(repo: Path, workdir: Path, repeats: int, peak: float, size: int = 224) -> dict:
+    """The authors' SelaVPR++ forward against this package's paths, interleaved in one process."""
+    import statistics
+    import time
+    import types
+
+    import torch
+    from reference_parity import _import_from, _randomise
+
+    from selavpr_ros.models.methods.selavprpp import import_selavprpp
+
+    network = _import_from(repo, "model.network")
+    args = types.SimpleNamespace(backbone="dinov2-base", aggregation="gem", hashing=True, rerank=True, resume=True,
+                                 foundation_model_path=None)
+    ref = network.GeoLocalizationNet(args).eval()
+    _randomise(ref)
+    torch.save({"model_state_dict": torch.nn.DataParallel(ref).state_dict()}, workdir / "authors.pth")
+    ours = import_selavprpp(workdir / "authors.pth", size=(size, size)).eval()
+    fp32, int8 = workdir / "pp.onnx", workdir / "pp.int8.onnx"
+    export_onnx(ours, fp32, "bench")
+    export_onnx(ours, int8, "bench", int8=True)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    xn = x.numpy()
+
+    def authors():
+        with torch.inference_mode():
+            return ref(x)
+
+    extractors = {"selavpr_ros PyTorch": TorchExtractor(ours, device="cpu"),
+                  "selavpr_ros ONNX Runtime fp32": OnnxExtractor(fp32, device="cpu"),
+                  "selavpr_ros ONNX Runtime int8": OnnxExtractor(int8, device="cpu")}
+    paths = {"authors (eager PyTorch)": authors,
+             **{name: (lambda e=e: e.run(xn)) for name, e in extractors.items()}}
+    outputs = {name: fn() for name, fn in paths.items()}  # warm-up, and the outputs compared below
+    for fn in paths.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(repeats):
+        for name, fn in paths.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t) * 1000)
+    z_ref, _, float_ref = (t.numpy() for t in outputs["authors (eager PyTorch)"])
+    bits_ref = z_ref >= 0
+    gflop = 2 * sum(estimate_macs(ours.config).values()) / 1e9
+    base = statistics.median(times["authors (eager PyTorch)"])
+    rows = []
+    for name, ms in times.items():
+        row = {"path": name, "median_ms": statistics.median(ms), "p10_ms": float(np.percentile(ms, 10)),
+               "p90_ms": float(np.percentile(ms, 90)), "x_authors": base / statistics.median(ms),
+               "x_flop_bound": statistics.median(ms) / (gflop / peak * 1000)}
+        if name != "authors (eager PyTorch)":
+            got = outputs[name]
+            row["float_max_abs_vs_authors"] = float(np.abs(got.descriptors - float_ref).max())
+            row["code_bits_differing"] = int((np.unpackbits(got.codes, axis=1)[:, : bits_ref.shape[1]]
+                                              != bits_ref).sum())
+        rows.append(row)
+        print(f"  {name:<32} {row['median_ms']:7.1f} ms  ({row['x_authors']:.2f}x the authors', "
+              f"{row['x_flop_bound']:.2f}x FLOP bound)", flush=True)
+    return {"model": "SelaVPR++ ViT-B/14, float + hash branches, seeded random weights", "input": size,
+            "batch": 1, "repeats": repeats, "gflop_per_frame": gflop, "bound_ms": gflop / peak * 1000,
+            "code_bits": int(bits_ref.shape[1]), "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="ViT-S/14 at 224 only, fewer repeats")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per row at batch 1")
+    parser.add_argument("--authors", type=Path, help="checkout of github.com/Lu-Feng/SelaVPRplusplus: time the "
+                        "authors' model side by side")
+    parser.add_argument("--authors-only", action="store_true", help="only the side-by-side comparison")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -89,6 +163,13 @@ def main() -> None:
         f"measured fp32 matmul peak: {peak['peak_gflops']:.0f} GFLOP/s "
         f"(torch {peak['torch_gflops']:.0f}, onnxruntime {peak['onnxruntime_gflops']:.0f})"
     )
+    if args.authors:
+        with tempfile.TemporaryDirectory() as tmp:
+            side = authors_side_by_side(args.authors.expanduser().resolve(), Path(tmp), max(args.repeats, 15),
+                                        peak["peak_gflops"])
+        print(f"wrote {save('extract_authors', {'peak': peak, **side})}")
+        if args.authors_only:
+            return
     plan = [("dinov2-gem", "vits14", 224)]
     if not args.quick:
         plan += [("dinov2-gem", "vits14", 322), ("dinov2-gem", "vitb14", 224), ("dinov2-gem", "vitb14", 322)]

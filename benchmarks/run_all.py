@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 from _common import RESULTS, ROOT, table
 
-BENCHMARKS = ("extract", "retrieval", "cpu_share", "train", "train_nordland", "train_ablation", "node_load",
-              "verification", "slam", "finetune_sim")
+BENCHMARKS = ("extract", "retrieval", "cpu_share", "offline", "train", "train_nordland", "train_ablation",
+              "node_load", "verification", "slam", "finetune_sim")
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 
 
@@ -55,6 +55,18 @@ def _cpu_share(d: dict) -> str:
             + table(d["rows"], [("setting", "threads", ""), ("workload", "workload", ""),
                                 ("idle_ms", "idle ms", ".2f"), ("loaded_ms", "loaded ms", ".2f"),
                                 ("slowdown", "loaded / idle", ".2f")]))
+
+
+def _offline(d: dict) -> str:
+    build = d["build_map"]
+    return (f"build-map, {build[0]['images']} bundled Nordland frames in one bag, built-in model, gate off "
+            f"({d['threads']} threads; best of two runs):\n\n"
+            + table(build, [("batch", "batch", ""), ("images_per_s", "images/s", ".1f"),
+                            ("x_batch_1", "x batch 1", ".2f"), ("code_bits_differing", "code bits != batch 1", "")])
+            + "\n\n`selavpr-ros replay` against a 200-entry map, generated 160 x 120 frames, a fresh process "
+              "each (peak resident memory):\n\n"
+            + table(d["replay"], [("frames", "frames", ""), ("bag_mib", "bag MiB", ".1f"),
+                                  ("peak_rss_mib", "peak RSS MiB", ".0f"), ("seconds", "seconds", ".1f")]))
 
 
 def _train(d: dict) -> str:
@@ -170,6 +182,7 @@ SUMMARIES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "extract": ("Descriptor extraction (random weights, ms per frame, batch 1)", _extract),
     "retrieval": ("Map search per query", _retrieval),
     "cpu_share": ("A shared robot CPU: idle vs a competing load, default vs bounded threads", _cpu_share),
+    "offline": ("Offline work: build-map batches, replay memory against bag length", _offline),
     "train": ("Training step: in-block vs side adapters vs trunk cache", _train),
     "train_nordland": ("The built-in model: Nordland test span and an unseen environment", _train_nordland),
     "train_ablation": ("The built-in model's recipe, one change at a time (validation span)", _train_ablation),
