@@ -40,8 +40,9 @@ from selavpr_ros.cli.train import main as train_main
 TOLERANCE_M = 5.0
 TRAIN = {
     "loss": {"name": "graded_regression", "fov_aperture_deg": 90.0, "fov_radius_m": 20.0, "pairs_per_batch": 64},
-    "augment": {"enabled": False},
-    "cache": {"enabled": True, "views": 1},
+    # the built-in recipe's mild geometric jitter, with photometric jitter: the robot will see other light
+    "augment": {"enabled": True, "shift": 0.03, "scale": 0.05, "brightness": 0.3, "contrast": 0.3, "grayscale": 0.3},
+    "cache": {"enabled": True, "views": 4},
     "epochs": 40,
     "lr": 0.001,
     "schedule": "onecycle",

@@ -36,6 +36,19 @@ def _extract(d: dict) -> str:
                         ("ms_per_frame", "ms / frame", ".1f"), ("x_bound", "x FLOP bound", ".2f")])
 
 
+def _extract_authors(d: dict) -> str:
+    rows = [{**r, "spread": f"{r['p10_ms']:.0f}-{r['p90_ms']:.0f}"} for r in d["rows"]]
+    return (f"{d['model']}, {d['input']} x {d['input']}, batch {d['batch']}, one call of each path in turn "
+            f"({d['repeats']} rounds, same input, {d['machine']['torch_threads']} threads); FLOP bound: "
+            f"{d['gflop_per_frame']:.1f} GFLOP at this machine's measured fp32 matmul peak "
+            f"({d['peak']['peak_gflops']:.0f} GFLOP/s) = {d['bound_ms']:.0f} ms; outputs against the authors' "
+            f"({d['code_bits']}-bit codes):\n\n"
+            + table(rows, [("path", "path", ""), ("median_ms", "median ms", ".1f"), ("spread", "p10-p90 ms", ""),
+                           ("x_authors", "x faster than the authors'", ".2f"), ("x_flop_bound", "x FLOP bound", ".2f"),
+                           ("float_max_abs_vs_authors", "float max abs diff", ".1e"),
+                           ("code_bits_differing", "code bits differing", "")]))
+
+
 def _retrieval(d: dict) -> str:
     out = table(d["rows"], [("entries", "map entries", ","), ("a_binary_float_ms", "binary top-100 + float ms", ".2f"),
                             ("b_float_exhaustive_ms", "exhaustive float ms", ".2f"), ("b_over_a", "speed-up", ".1f"),
@@ -162,7 +175,22 @@ def _slam(d: dict) -> str:
             "distance of a verified edge from the truth under its own covariance (median 5.35 if the covariances "
             "were exact):\n\n"
             + table(_slam_rows(d["runs"]), SLAM_COLUMNS)
+            + _huber(d)
             + "\n\n![trajectories](benchmarks/results/slam_trajectories.png)")
+
+
+def _huber(d: dict) -> str:
+    """The same edges under a Huber kernel instead of GNC (the back-end's choice, measured)."""
+    if not d.get("huber_runs"):
+        return ""
+    parts = []
+    for run in d["huber_runs"]:
+        ates = ", ".join(f"{name.upper()} {s['ate_optimised_m']:.3f} m" for name, s in run["sessions"].items()
+                         if "ate_optimised_m" in s)
+        joint = run.get("joint_ate_optimised_m")
+        parts.append(f"{run['stages']}: {ates}" + (f", one alignment {joint:.3f} m" if joint is not None else ""))
+    return ("\n\nThe same published edges under a Huber kernel (Levenberg-Marquardt) instead of GNC, ATE: "
+            + "; ".join(parts) + ".")
 
 
 def _finetune_sim(d: dict) -> str:
@@ -180,6 +208,7 @@ def _finetune_sim(d: dict) -> str:
 
 SUMMARIES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "extract": ("Descriptor extraction (random weights, ms per frame, batch 1)", _extract),
+    "extract_authors": ("Extraction against the authors' SelaVPR++ code, side by side", _extract_authors),
     "retrieval": ("Map search per query", _retrieval),
     "cpu_share": ("A shared robot CPU: idle vs a competing load, default vs bounded threads", _cpu_share),
     "offline": ("Offline work: build-map batches, replay memory against bag length", _offline),
@@ -193,6 +222,9 @@ SUMMARIES: dict[str, tuple[str, Callable[[dict], str]]] = {
 }
 
 
+COMMANDS = {"extract_authors": "benchmarks/extract.py --authors SelaVPRplusplus/"}  # results of another script
+
+
 def summary() -> str:
     parts = []
     for name, (title, fn) in SUMMARIES.items():
@@ -200,7 +232,8 @@ def summary() -> str:
         if d is None:
             continue
         cpu = d.get("machine", {}).get("cpu", "")
-        parts.append(f"### {title}\n\n{fn(d)}\n\n<sub>`benchmarks/{name}.py`, {d.get('date', '')}, {cpu}</sub>")
+        command = COMMANDS.get(name, f"benchmarks/{name}.py")
+        parts.append(f"### {title}\n\n{fn(d)}\n\n<sub>`{command}`, {d.get('date', '')}, {cpu}</sub>")
     return "\n\n".join(parts)
 
 
