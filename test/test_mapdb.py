@@ -426,3 +426,111 @@ def test_a_read_only_filesystem_refuses_writers_with_a_message(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "cannot create a map here (Read-only file system)" in result.stdout
     assert "cannot open the map for writing (Read-only file system)" in result.stdout
+
+
+def _robot_map(path: Path, start: int, n: int, sessions: list[tuple[str, int]], storage=None,
+               model_id: str = "m:1") -> MapDatabase:
+    """A map whose sessions (name, robot) each hold n keyframes with cameras, keypoints, SLAM ids, images."""
+    from selavpr_ros.geometry.camera import CameraModel
+    from selavpr_ros.geometry.features import Keypoints
+
+    db = MapDatabase.create(path, LAYOUT, model_id, {"method": "test"}, storage)
+    for k, (name, robot) in enumerate(sessions):
+        desc, recs = rows(start + k * n, n)
+        kps = []
+        for i, r in enumerate(recs):
+            r.robot_id, r.slam_id = robot, 1000 * robot + i
+            r.camera = CameraModel.nominal(64, 48, 60.0 + k)
+            image = Path("images", name, f"{r.stamp_ns}.jpg")
+            (path / image).parent.mkdir(parents=True, exist_ok=True)
+            (path / image).write_bytes(f"jpeg {start} {k} {i}".encode())
+            r.image_ref = str(image)
+            rng = np.random.default_rng(i)
+            kps.append(Keypoints("orb", rng.uniform(0, 60, (5, 2)).astype(np.float32),
+                                 rng.integers(0, 255, (5, 32), np.uint8)) if i % 2 == 0 else None)
+        db.add(desc, recs, session=name, keypoints=kps)
+    return db
+
+
+def test_merge_keeps_sessions_robots_and_everything_stored(tmp_path, capsys):
+    """Two robots' maps (a session name taken twice, a deleted session) merge into one without
+    re-extraction: same bytes, records, cameras, keypoints and images; the result searches as both."""
+    from selavpr_ros.cli import main
+    from selavpr_ros.mapdb.merge import merge_maps
+
+    a = _robot_map(tmp_path / "a", 0, 6, [("live", 1), ("dock", 1)])
+    b = _robot_map(tmp_path / "b", 100, 5, [("live", 2), ("gone", 2)])
+    b.delete_session("gone")
+    a.close()
+    b.close()
+    assert main(["map", "merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c"),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "17 keyframes" in out and "live@b (renamed from 'live'): 5 keyframes, robot 2" in out
+    with MapDatabase.open(tmp_path / "c") as c, MapDatabase.open(tmp_path / "a") as a, \
+            MapDatabase.open(tmp_path / "b") as b:
+        assert c.sessions() == {"live": 6, "dock": 6, "live@b": 5} and c.model_id == "m:1"
+        sources = [(a, list(range(12))), (b, list(range(5)))]
+        merged_row = 0
+        for src, src_rows in sources:
+            n = len(src_rows)
+            here = list(range(merged_row, merged_row + n))
+            np.testing.assert_array_equal(np.asarray(c.codes[here]), np.asarray(src.codes[src_rows]))
+            np.testing.assert_array_equal(np.asarray(c.float_descriptors[here]),
+                                          np.asarray(src.float_descriptors[src_rows]))
+            np.testing.assert_array_equal(np.asarray(c.local_features[here]), np.asarray(src.local_features[src_rows]))
+            for got, want in zip(c.records(here), src.records(src_rows)):
+                assert (got.stamp_ns, got.pose, got.camera, got.slam_id, got.robot_id, got.frame_id) == \
+                       (want.stamp_ns, want.pose, want.camera, want.slam_id, want.robot_id, want.frame_id)
+                assert (tmp_path / "c" / got.image_ref).read_bytes() == (src.path / want.image_ref).read_bytes()
+            kp_c = c.keypoints([c.records([r])[0].keyframe_id for r in here])
+            kp_s = src.keypoints([r.keyframe_id for r in src.records(src_rows)])
+            assert len(kp_c) == len(kp_s) > 0
+            for got, want in zip(kp_c.values(), kp_s.values()):
+                np.testing.assert_array_equal(got.xy, want.xy)
+                np.testing.assert_array_equal(got.descriptors, want.descriptors)
+            merged_row += n
+        assert c.records([12])[0].image_ref.startswith("images/live@b/")
+    assert check_map(tmp_path / "c").ok
+    # refused before anything is written: another model, another storage, an existing destination
+    _robot_map(tmp_path / "other", 0, 2, [("x", 3)], model_id="m:2").close()
+    with pytest.raises(MapError, match=r"other was built with model m:2, .*a with m:1"):
+        merge_maps([tmp_path / "a", tmp_path / "other"], tmp_path / "d", progress=False)
+    _robot_map(tmp_path / "f32", 0, 2, [("x", 3)], storage=StorageConfig(float_dtype="float32")).close()
+    with pytest.raises(MapError, match="store descriptors differently"):
+        merge_maps([tmp_path / "a", tmp_path / "f32"], tmp_path / "d", progress=False)
+    with pytest.raises(MapError, match="exists"):
+        merge_maps([tmp_path / "a", tmp_path / "b"], tmp_path / "c", progress=False)
+    assert not (tmp_path / "d").exists() and not (tmp_path / "d.partial").exists()
+
+
+def test_a_merge_killed_midway_leaves_no_destination(tmp_path):
+    """SIGKILL during the merge: the destination is absent (only a .partial that the next merge
+    replaces); the next merge completes."""
+    for name, start in (("a", 0), ("b", 5000)):
+        db = MapDatabase.create(tmp_path / name, LAYOUT, "m:1")
+        for s in range(0, 3000, 500):
+            desc, recs = rows(start + s, 500)
+            db.add(desc, recs, session=name)
+        db.close()
+    code = ("import sys, selavpr_ros.mapdb.merge as m\n"
+            "m.CHUNK = 50\n"
+            "orig = m.MapDatabase.append_stored\n"
+            "def slow(self, *a, **k):\n"
+            "    print('chunk', flush=True)\n"
+            "    return orig(self, *a, **k)\n"
+            "m.MapDatabase.append_stored = slow\n"
+            "m.merge_maps(sys.argv[1:3], sys.argv[3], progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "a"), str(tmp_path / "b"),
+                             str(tmp_path / "c")], stdout=subprocess.PIPE, text=True)
+    for _ in range(20):  # some chunks committed, the merge far from done
+        assert proc.stdout.readline().startswith("chunk")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "c").exists() and (tmp_path / "c.partial").exists()
+    from selavpr_ros.mapdb.merge import merge_maps
+
+    report = merge_maps([tmp_path / "a", tmp_path / "b"], tmp_path / "c", progress=False)
+    assert report.keyframes == 6000 and not (tmp_path / "c.partial").exists()
+    with MapDatabase.open(tmp_path / "c") as c:
+        assert c.sessions() == {"a": 3000, "b": 3000}

@@ -14,6 +14,7 @@ examples:
   selavpr-ros map check maps/campus            # exit 0 healthy, 1 damaged, 2 no map / newer schema
   selavpr-ros map repair maps/campus           # drop a crashed add's uncommitted tail
   selavpr-ros map delete-session maps/campus run3 && selavpr-ros map compact maps/campus
+  selavpr-ros map merge maps/robot1 maps/robot2 --out maps/fleet   # no re-extraction
 """
 
 
@@ -82,12 +83,23 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from selavpr_ros.mapdb.merge import merge_maps
+
+    report = merge_maps(args.maps, args.out, progress=not args.quiet)
+    print(f"{report.out}: {report.keyframes} keyframes of model {report.model_id}")
+    for s in report.sessions:
+        renamed = f" (renamed from {s.name!r})" if s.merged_name != s.name else ""
+        print(f"  {s.merged_name}{renamed}: {s.keyframes} keyframes, robot {s.robot_id}, from {s.source}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from selavpr_ros.cli import HelpFormatter
 
     p = sub.add_parser(
         "map",
-        help="inspect and maintain map databases (check, stats, repair, compact, delete-session)",
+        help="inspect and maintain map databases (check, stats, repair, compact, delete-session, merge)",
         description="Inspect and maintain a map database directory.",
         epilog=EPILOG,
         formatter_class=HelpFormatter,
@@ -109,3 +121,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("map", metavar="MAP", help="map directory")
     a.add_argument("session", help="session name (see `map stats`)")
     a.set_defaults(func=cmd_delete_session)
+    text = ("combine maps of the same model (robots, machines, workers) into a new map, as stored: no "
+            "re-extraction; sessions keep their robots (a taken name becomes NAME@MAP); the new map appears "
+            "only when complete")
+    a = actions.add_parser("merge", help=text, description=text, formatter_class=HelpFormatter)
+    a.add_argument("maps", metavar="MAP", nargs="+", help="map directories, in order")
+    a.add_argument("--out", required=True, help="new map directory (must not exist)")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.set_defaults(func=cmd_merge)

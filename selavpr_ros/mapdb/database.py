@@ -465,10 +465,48 @@ class MapDatabase:
         self._require_writable()
         records = list(records)
         self._validate(desc, records)
+        if not records:
+            if keypoints:
+                raise MapError(f"{len(keypoints)} keypoint sets for 0 keyframes")
+            return []
+        local = None
+        if "local" in self._arrays:
+            assert desc.local_features is not None  # _validate requires them when the map stores local
+            local = encode_local(desc.local_features, self.info.stored.storage)
+        return self._append(desc.codes, desc.descriptors, local, records, session, keypoints)
+
+    def append_stored(self, source: MapDatabase, rows: Sequence[int] | np.ndarray, session: str,
+                      records: list[KeyframeRecord] | None = None) -> list[int]:
+        """Append ``rows`` of another map of the same model and storage as they are stored there (no
+        decoding or re-encoding): descriptors, records with poses, camera models and SLAM ids, and
+        keypoints; atomically, as :meth:`add`. The records keep their robot; their keyframe ids are
+        this map's new ones. ``records``: those of ``rows`` as read from ``source``, edited (image
+        paths). What ``map merge`` is made of."""
+        self._require_writable()
+        if source.model_id != self.model_id:
+            raise MapError(f"{source.path} holds model {source.model_id}, {self.path} model {self.model_id}: "
+                           "descriptors of different models are not comparable")
+        if to_dict(source.info.stored.storage) != to_dict(self.info.stored.storage):
+            raise MapError(f"{source.path} stores {to_dict(source.info.stored.storage)}, {self.path} "
+                           f"{to_dict(self.info.stored.storage)}; merge maps stored alike")
+        idx = np.asarray(rows, np.int64)
+        if not len(idx):
+            return []
+        records = source.records(idx) if records is None else records
+        if len(records) != len(idx):
+            raise MapError(f"{len(records)} records for {len(idx)} rows")
+        stored_kp = source.keypoints([r.keyframe_id for r in records])
+        keypoints = [stored_kp.get(r.keyframe_id) for r in records] if stored_kp else None
+        local = None if source.local_features is None else np.asarray(source.local_features[idx])
+        return self._append(np.asarray(source.codes[idx]), np.asarray(source.float_descriptors[idx]), local,
+                            records, session, keypoints)
+
+    def _append(self, codes: np.ndarray, floats: np.ndarray, local: np.ndarray | None,
+                records: list[KeyframeRecord], session: str,
+                keypoints: Sequence[Keypoints | None] | None) -> list[int]:
+        """Write rows already in the stored form, then commit their records (see :meth:`add`)."""
         if keypoints is not None and len(keypoints) != len(records):
             raise MapError(f"{len(keypoints)} keypoint sets for {len(records)} keyframes")
-        if not records:
-            return []
         with self._mutex:
             sid = self.find_session(session, records[0].robot_id)
             new_session = None
@@ -484,12 +522,11 @@ class MapDatabase:
             rows_meta["session"] = sid
             rows_meta["flags"] = [FLAG_HAS_POSE if r.pose is not None else 0 for r in records]
             try:
-                self._arrays["codes"].write_rows(start, desc.codes, self.durable)
-                self._arrays["float"].write_rows(start, desc.descriptors, self.durable)
+                self._arrays["codes"].write_rows(start, codes, self.durable)
+                self._arrays["float"].write_rows(start, floats, self.durable)
                 if "local" in self._arrays:
-                    assert desc.local_features is not None  # _validate requires them when the map stores local
-                    self._arrays["local"].write_rows(start, encode_local(desc.local_features, self.info.stored.storage),
-                                                     self.durable)
+                    assert local is not None
+                    self._arrays["local"].write_rows(start, local, self.durable)
                 self._arrays["rows"].write_rows(start, rows_meta, self.durable)
                 self._commit(start, ids, sid, records, keypoints, new_session)
             except DiskFullError as exc:
