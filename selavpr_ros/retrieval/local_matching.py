@@ -5,9 +5,12 @@ location j of Q and i of D are a pair when i is j's most similar location in
 D and j is i's most similar location in Q. The score is the number of pairs
 (no RANSAC). The reference computes a dense K x Ld x Lq similarity (5.5 GB
 at K = 100, 61 x 61); here candidates are processed one at a time and, within
-a candidate, in row chunks under a memory budget, keeping running column
-maxima. Ties resolve to the first index, as ``argmax`` does, so the counts
-equal the dense computation exactly.
+a candidate, in row chunks under a memory budget (cache-sized), so the cost is
+the matmul's. Per chunk only contiguous reductions run: each row's argmax and
+each column's maximum; a row that attains its column's chunk maximum is a
+pair when that chunk holds the column's first global maximum and no earlier
+row of the chunk attains it. Ties resolve to the first index, as ``argmax``
+does, so the counts equal the dense computation exactly.
 
 On the CPU this is NumPy (fp32 matmul through its BLAS): no PyTorch needed,
 so ONNX-only robots re-rank too. PyTorch is used, when installed, for CUDA
@@ -73,11 +76,9 @@ def mutual_nn_counts(
         return _torch_counts(query, candidates, budget, str(device), half)
     dim = np.shape(query)[-1]
     q = _unit_rows(query, dim)
-    arange = np.arange(q.shape[0])
     counts = np.zeros(len(candidates), np.int64)
     for k in range(len(candidates)):
-        best_q_for_d, best_d_for_q = _nearest(q, _unit_rows(candidates[k], dim), budget)
-        counts[k] = int((best_q_for_d[best_d_for_q] == arange).sum())
+        counts[k] = len(_mutual_pairs(q, _unit_rows(candidates[k], dim), budget)[0])
     return counts
 
 
@@ -85,10 +86,39 @@ def mutual_nn_pairs(query: np.ndarray, candidate: np.ndarray,
                     budget: int = DEFAULT_LOCAL_BUDGET) -> tuple[np.ndarray, np.ndarray]:
     """The matched locations themselves: (query flat indices, candidate flat indices), for drawing."""
     dim = query.shape[-1]
-    q = _unit_rows(query, dim)
-    best_q_for_d, best_d_for_q = _nearest(q, _unit_rows(candidate, dim), budget)
-    qi = np.flatnonzero(best_q_for_d[best_d_for_q] == np.arange(q.shape[0]))
-    return qi, best_d_for_q[qi]
+    return _mutual_pairs(_unit_rows(query, dim), _unit_rows(candidate, dim), budget)
+
+
+def _mutual_pairs(q: np.ndarray, d: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mutual nearest neighbours of sim = d @ q.T as (q indices ascending, d indices), in chunks of d rows."""
+    ld, lq = d.shape[0], q.shape[0]
+    rows = max(1, budget // max(lq, 1))
+    qt = q.T
+    col_max = np.full(lq, -np.inf, np.float32)
+    col_chunk = np.full(lq, -1, np.int64)  # the first chunk holding the column's maximum
+    found: list[tuple[int, np.ndarray, np.ndarray]] = []
+    for c, s in enumerate(range(0, ld, rows)):
+        sim = d[s : s + rows] @ qt  # (rows, Lq), fp32
+        best = sim.argmax(1)  # each row's first best column
+        chunk_max = sim.max(0)
+        better = chunk_max > col_max  # strict: an earlier chunk keeps a tie
+        col_max[better] = chunk_max[better]
+        col_chunk[better] = c
+        hit = np.flatnonzero(sim[np.arange(len(best)), best] == chunk_max[best])  # rows at their column's max
+        if not len(hit):
+            continue
+        cols, inverse = np.unique(best[hit], return_inverse=True)
+        first = (sim[:, cols] == chunk_max[cols]).argmax(0)  # the first row of this chunk at that maximum
+        keep = first[inverse] == hit
+        found.append((c, s + hit[keep], best[hit][keep]))
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    chunk = np.concatenate([np.full(len(r), c) for c, r, _ in found])
+    d_idx = np.concatenate([r for _, r, _ in found])
+    q_idx = np.concatenate([j for _, _, j in found])
+    mutual = col_chunk[q_idx] == chunk
+    order = np.argsort(q_idx[mutual], kind="stable")
+    return q_idx[mutual][order], d_idx[mutual][order]
 
 
 def dense_mutual_nn_counts(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
