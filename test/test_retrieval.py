@@ -100,6 +100,24 @@ def test_chunked_local_matching_equals_the_dense_computation(budget):
     assert len(qi) == chunked[2] and (qi == ci).mean() > 0.9
 
 
+@pytest.mark.parametrize("budget", [1 << 20, 300, 41, 1])
+def test_local_matching_resolves_ties_like_argmax(budget):
+    """Coarsely quantised features make similarities tie everywhere (rows, columns, across chunks):
+    the chunked counts and pairs still equal the dense argmax formulation."""
+    rng = np.random.default_rng(7)
+    query = rng.integers(-1, 2, (9, 11, 6)).astype(np.float32)
+    cands = rng.integers(-1, 2, (6, 9, 11, 6)).astype(np.float32)
+    cands[3] = query  # every location has an exact twin, and twins of twins
+    dense = dense_mutual_nn_counts(query, cands)
+    np.testing.assert_array_equal(mutual_nn_counts(query, cands, budget=budget), dense)
+    sim = cands[3].reshape(-1, 6) @ query.reshape(-1, 6).T
+    max1, max2 = sim.argmax(0), sim.argmax(1)
+    want = np.flatnonzero(max2[max1] == np.arange(sim.shape[1]))
+    qi, ci = mutual_nn_pairs(query, cands[3], budget=budget)
+    np.testing.assert_array_equal(qi, want)
+    np.testing.assert_array_equal(ci, max1[want])
+
+
 def test_pipeline_stages_against_brute_force(tmp_path):
     desc = random_desc(400, 4)
     db = build(tmp_path, desc)
