@@ -283,8 +283,9 @@ class LoopClosureEngine:
                 continue  # another session's clock and frame: nothing to compare
             apart_s = abs(int(meta["stamp_ns"][i]) - stamp) * 1e-9
             apart_m = float("nan")
-            if best.match_pose is not None and out[i].match_pose is not None:
-                apart_m = float(np.linalg.norm(np.subtract(out[i].match_pose.position, best.match_pose.position)))
+            here, there = out[i].match_pose, best.match_pose
+            if here is not None and there is not None:
+                apart_m = float(np.linalg.norm(np.subtract(here.position, there.position)))
             if apart_s > cfg.max_gap_s:
                 why = f"{apart_s:.1f} s apart in map time > max_gap_s {cfg.max_gap_s:g}"
             elif cfg.max_distance_m > 0 and apart_m > cfg.max_distance_m:

@@ -67,9 +67,9 @@ def optimise(initial: dict[int, np.ndarray], edges: list[Edge], prior_key: int, 
             missing = e.key_from if e.key_from not in initial else e.key_to
             raise ConfigError(f"{e.kind} edge {e.key_from} -> {e.key_to}: unknown key {missing}")
         cov = check_covariance(e.covariance, f"{e.kind} edge {e.key_from} -> {e.key_to}")
-        noise = gtsam.noiseModel.Gaussian.Covariance(cov)
-        if e.kind == "loop" and robust == "huber":
-            noise = gtsam.noiseModel.Robust.Create(gtsam.noiseModel.mEstimator.Huber.Create(huber), noise)
+        gaussian = gtsam.noiseModel.Gaussian.Covariance(cov)
+        noise = gtsam.noiseModel.Robust.Create(gtsam.noiseModel.mEstimator.Huber.Create(huber), gaussian) \
+            if e.kind == "loop" and robust == "huber" else gaussian
         if e.kind != "loop":
             inliers.append(graph.size())
         graph.add(gtsam.BetweenFactorPose3(e.key_from, e.key_to, gtsam.Pose3(e.transform), noise))
