@@ -77,8 +77,9 @@ def mutual_nn_counts(
     dim = np.shape(query)[-1]
     q = _unit_rows(query, dim)
     counts = np.zeros(len(candidates), np.int64)
+    work = _Workspace(q, budget)
     for k in range(len(candidates)):
-        counts[k] = len(_mutual_pairs(q, _unit_rows(candidates[k], dim), budget)[0])
+        counts[k] = len(_mutual_pairs(q, _unit_rows(candidates[k], dim), budget, work)[0])
     return counts
 
 
@@ -89,16 +90,28 @@ def mutual_nn_pairs(query: np.ndarray, candidate: np.ndarray,
     return _mutual_pairs(_unit_rows(query, dim), _unit_rows(candidate, dim), budget)
 
 
-def _mutual_pairs(q: np.ndarray, d: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
+class _Workspace:
+    """What every candidate of one query reuses: the query transposed (contiguous, as BLAS packs it
+    fastest) and the chunk's similarity buffer (a fresh one per chunk costs page faults)."""
+
+    def __init__(self, q: np.ndarray, budget: int) -> None:
+        self.rows = max(1, budget // max(q.shape[0], 1))
+        self.qt = np.ascontiguousarray(q.T)
+        self.sim = np.empty((self.rows, q.shape[0]), np.float32)
+
+
+def _mutual_pairs(q: np.ndarray, d: np.ndarray, budget: int,
+                  work: _Workspace | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mutual nearest neighbours of sim = d @ q.T as (q indices ascending, d indices), in chunks of d rows."""
+    work = work or _Workspace(q, budget)
     ld, lq = d.shape[0], q.shape[0]
-    rows = max(1, budget // max(lq, 1))
-    qt = q.T
+    rows, qt = work.rows, work.qt
     col_max = np.full(lq, -np.inf, np.float32)
     col_chunk = np.full(lq, -1, np.int64)  # the first chunk holding the column's maximum
     found: list[tuple[int, np.ndarray, np.ndarray]] = []
     for c, s in enumerate(range(0, ld, rows)):
-        sim = d[s : s + rows] @ qt  # (rows, Lq), fp32
+        block = d[s : s + rows]
+        sim = np.matmul(block, qt, out=work.sim[: len(block)])  # (rows, Lq), fp32
         best = sim.argmax(1)  # each row's first best column
         chunk_max = sim.max(0)
         better = chunk_max > col_max  # strict: an earlier chunk keeps a tie
