@@ -113,8 +113,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-frame", default="", help="robot frame of the graph's poses (default: the child_frame_id "
                    "of /odom); the camera's mount on it comes from /tf_static")
     p.add_argument("--checkpoint", help="model (.ckpt or .onnx); default: the built-in demo model")
-    p.add_argument("--min-score", type=float, help="loop_closure.min_score of the retrieval-only run (default 0.3, "
-                   "the built-in model's); `eval --target-precision 1.0` on held-out data gives a model's own")
+    p.add_argument("--min-score", type=float, help="loop_closure.min_score of the retrieval-only run (default 0.3: "
+                   "permissive, to show what retrieval alone accepts); `eval --target-precision 1.0` on "
+                   "held-out data gives a model's own")
     p.add_argument("--robust", default="gnc", choices=ROBUST,
                    help="back-end treatment of loop edges: gnc (truncated least squares by graduated "
                         "non-convexity: a wrong edge ends with weight 0) or huber (bounded pull)")
