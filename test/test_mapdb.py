@@ -15,7 +15,7 @@ import pytest
 from _map_writer import LAYOUT, rows
 
 from selavpr_ros.errors import LayoutMismatchError, MapError, MapLockedError
-from selavpr_ros.mapdb.database import MapDatabase
+from selavpr_ros.mapdb.database import DB_NAME, MapDatabase
 from selavpr_ros.mapdb.maintenance import check_map, repair_map
 from selavpr_ros.mapdb.records import StorageConfig, decode_local, pool_local
 from selavpr_ros.types import DescriptorLayout, Descriptors
@@ -502,6 +502,32 @@ def test_merge_keeps_sessions_robots_and_everything_stored(tmp_path, capsys):
     with pytest.raises(MapError, match="exists"):
         merge_maps([tmp_path / "a", tmp_path / "b"], tmp_path / "c", progress=False)
     assert not (tmp_path / "d").exists() and not (tmp_path / "d.partial").exists()
+
+
+def test_merge_never_follows_image_references_out_of_the_map(tmp_path):
+    """Image references that point outside the source map ('..', a symbolic link to a file elsewhere)
+    are kept as they are and nothing outside either map is read into, or written beside, the merge."""
+    from selavpr_ros.mapdb.merge import merge_maps
+
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"not the map's")
+    db = _robot_map(tmp_path / "a", 0, 3, [("live", 1)])
+    db.close()
+    with MapDatabase.open(tmp_path / "a") as ro:
+        refs = [r.image_ref for r in ro.records([0, 1, 2])]
+    (tmp_path / "a" / refs[1]).unlink()
+    (tmp_path / "a" / refs[1]).symlink_to(secret)  # planted below images/<session>/
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "a" / DB_NAME) as conn:
+        conn.execute("UPDATE keyframes SET image_ref = ? WHERE id = 2", ("../secret.jpg",))
+    _robot_map(tmp_path / "b", 100, 2, [("dock", 2)]).close()
+    merge_maps([tmp_path / "a", tmp_path / "b"], tmp_path / "out" / "c", progress=False)
+    with MapDatabase.open(tmp_path / "out" / "c") as c:
+        got = [r.image_ref for r in c.records([0, 1, 2])]
+    assert got == [refs[0], refs[1], "../secret.jpg"]  # kept, not followed
+    assert (tmp_path / "out" / "c" / refs[0]).is_file() and not (tmp_path / "out" / "c" / refs[1]).exists()
+    assert not (tmp_path / "out" / "secret.jpg").exists()
 
 
 def test_a_merge_killed_midway_leaves_no_destination(tmp_path):

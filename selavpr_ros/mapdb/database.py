@@ -475,6 +475,16 @@ class MapDatabase:
             local = encode_local(desc.local_features, self.info.stored.storage)
         return self._append(desc.codes, desc.descriptors, local, records, session, keypoints)
 
+    def check_stored_alike(self, other: MapDatabase) -> None:
+        """Refuse, naming both maps, another map whose rows cannot be copied into this one as stored:
+        another model, or another storage (float/local dtype, pooling)."""
+        if other.model_id != self.model_id:
+            raise MapError(f"{other.path} was built with model {other.model_id}, {self.path} with {self.model_id}: "
+                           "maps of different models cannot be merged (rebuild one with the other's model)")
+        if other.info.stored.storage != self.info.stored.storage:
+            raise MapError(f"{other.path} and {self.path} store descriptors differently "
+                           f"({other.info.stored.storage} vs {self.info.stored.storage}); merge maps stored alike")
+
     def append_stored(self, source: MapDatabase, rows: Sequence[int] | np.ndarray, session: str,
                       records: list[KeyframeRecord] | None = None) -> list[int]:
         """Append ``rows`` of another map of the same model and storage as they are stored there (no
@@ -483,12 +493,7 @@ class MapDatabase:
         this map's new ones. ``records``: those of ``rows`` as read from ``source``, edited (image
         paths). What ``map merge`` is made of."""
         self._require_writable()
-        if source.model_id != self.model_id:
-            raise MapError(f"{source.path} holds model {source.model_id}, {self.path} model {self.model_id}: "
-                           "descriptors of different models are not comparable")
-        if to_dict(source.info.stored.storage) != to_dict(self.info.stored.storage):
-            raise MapError(f"{source.path} stores {to_dict(source.info.stored.storage)}, {self.path} "
-                           f"{to_dict(self.info.stored.storage)}; merge maps stored alike")
+        self.check_stored_alike(source)
         idx = np.asarray(rows, np.int64)
         if not len(idx):
             return []

@@ -76,12 +76,7 @@ def merge_maps(sources: list[str | Path], out: str | Path, progress: bool = True
     try:
         first = dbs[0]
         for db in dbs[1:]:  # every check before anything is written
-            if db.model_id != first.model_id:
-                raise MapError(f"{db.path} was built with model {db.model_id}, {first.path} with {first.model_id}: "
-                               "maps of different models cannot be merged (rebuild one with the other's model)")
-            if db.info.stored.storage != first.info.stored.storage:
-                raise MapError(f"{db.path} and {first.path} store descriptors differently "
-                               f"({db.info.stored.storage} vs {first.info.stored.storage}); merge maps stored alike")
+            first.check_stored_alike(db)
         partial = out.with_name(out.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         report = MergeReport(str(out), first.model_id)
@@ -128,10 +123,16 @@ def _copy_all(dbs: list[MapDatabase], merged: MapDatabase, report: MergeReport, 
 
 def _copy_images(src: Path, dst: Path, records: list, name: str, new_name: str) -> None:
     """Keyframe images saved in the source map (``build-map --save-images``) travel with their records
-    (into the renamed session's folder when the session was renamed)."""
+    (into the renamed session's folder when the session was renamed). Only regular files inside the
+    source map are copied, and only to inside the merged one: a reference elsewhere (a dataset's
+    absolute path, ``..``, a symbolic link) stays as it is, never followed."""
+    root = src.resolve()
     for record in records:
         ref = Path(record.image_ref) if record.image_ref else None
-        if ref is None or ref.is_absolute() or not (src / ref).is_file():
+        if ref is None or ref.is_absolute() or ".." in ref.parts:
+            continue
+        file = src / ref
+        if file.is_symlink() or not file.is_file() or not file.resolve().is_relative_to(root):
             continue
         new_ref = Path("images", new_name, *ref.parts[2:]) if ref.parts[:2] == ("images", name) else ref
         (dst / new_ref).parent.mkdir(parents=True, exist_ok=True)

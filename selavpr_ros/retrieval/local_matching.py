@@ -33,32 +33,6 @@ def _unit_rows(x: Any, dim: int) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(-1, dim))
 
 
-def _nearest(q: Any, d: Any, budget: int, cat: Any = np.concatenate) -> tuple[Any, Any]:
-    """For sim = d @ q.T: best q index per d row (row argmax) and best d index per q column (column argmax).
-
-    Written once for NumPy arrays and PyTorch tensors alike (``cat`` joins the chunks' results).
-    """
-    ld, lq = d.shape[0], q.shape[0]
-    rows = max(1, budget // max(lq, 1))
-    parts = []
-    col_val: Any = None
-    col_idx: Any = None
-    qt = q.T
-    for s in range(0, ld, rows):
-        sim = d[s : s + rows] @ qt  # (rows, Lq)
-        parts.append(sim.argmax(1))
-        idx = sim.argmax(0) + s
-        val = sim.max(0)
-        val = getattr(val, "values", val)  # PyTorch returns (values, indices)
-        if col_val is None:
-            col_val, col_idx = val, idx
-            continue
-        better = val > col_val  # strict: earlier rows win ties, as argmax over the full column does
-        col_val[better] = val[better]
-        col_idx[better] = idx[better]
-    return cat(parts), col_idx
-
-
 def mutual_nn_counts(
     query: Any,
     candidates: Any,
@@ -167,6 +141,31 @@ def _torch_counts(query: Any, candidates: Any, budget: int, device: str, half: b
     counts = np.zeros(len(candidates), np.int64)
     with torch.inference_mode():
         for k in range(len(candidates)):
-            best_q_for_d, best_d_for_q = _nearest(q, rows(candidates[k]), budget, torch.cat)
+            best_q_for_d, best_d_for_q = _nearest(q, rows(candidates[k]), budget)
             counts[k] = int((best_q_for_d[best_d_for_q] == arange).sum())
     return counts
+
+
+def _nearest(q: Any, d: Any, budget: int) -> tuple[Any, Any]:
+    """For sim = d @ q.T (PyTorch tensors, whose reductions along either axis are vectorised): best q
+    index per d row (row argmax) and best d index per q column (column argmax)."""
+    import torch
+
+    ld, lq = d.shape[0], q.shape[0]
+    rows = max(1, budget // max(lq, 1))
+    parts = []
+    col_val: Any = None
+    col_idx: Any = None
+    qt = q.T
+    for s in range(0, ld, rows):
+        sim = d[s : s + rows] @ qt  # (rows, Lq)
+        parts.append(sim.argmax(1))
+        val = sim.max(0).values
+        idx = sim.argmax(0) + s
+        if col_val is None:
+            col_val, col_idx = val, idx
+            continue
+        better = val > col_val  # strict: earlier rows win ties, as argmax over the full column does
+        col_val[better] = val[better]
+        col_idx[better] = idx[better]
+    return torch.cat(parts), col_idx
