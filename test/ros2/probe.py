@@ -89,6 +89,8 @@ def cmd_stream(args) -> dict:
     node.create_subscription(LoopClosureCandidateArray, args.candidates_topic, got.append, reliable)
     node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
     wait_for(node, lambda: pub.get_subscription_count() > 0, 90, f"a subscriber on {args.image_topic}")
+    if info_pub is not None:  # a CameraInfo sent before the node's subscription matched would be lost
+        wait_for(node, lambda: info_pub.get_subscription_count() > 0, 30, f"a subscriber on {args.camera_info}")
     wait_for(node, lambda: node.count_publishers(args.candidates_topic) > 0, 30, "the candidate publisher")
     route = frames("summer", args.start, args.n, 3) + frames("winter", args.start, args.n, 3)
     if args.tf:  # the camera 0.25 m ahead of base_link; the robot drives 1 m per frame, TF at 10 Hz
@@ -107,6 +109,7 @@ def cmd_stream(args) -> dict:
             info.k = [f, 0.0, rgb.shape[1] / 2, 0.0, f, rgb.shape[0] / 2, 0.0, 0.0, 1.0]
             info.d = [0.0] * 5
             info_pub.publish(info)
+            time.sleep(0.02)  # a driver's CameraInfo leads its image; the two topics have no joint order
         pub.publish(image_msg(rgb, t, "cam_optical", args.compressed))
         stamps.append(t)
         end = time.monotonic() + args.period
