@@ -65,3 +65,7 @@ class DatasetError(SelaVPRError):
 
 class CameraError(SelaVPRError, ValueError):
     """A camera model is missing, all-zero, of an unknown distortion model, or does not fit the image."""
+
+
+class ClusterError(SelaVPRError):
+    """A distributed executor (Ray) cannot be reached or used."""

@@ -71,20 +71,6 @@ def test_exclusions_cannot_starve_the_top_k():
     np.testing.assert_array_equal(dist[0], np.sort(brute)[:100])
 
 
-def test_ivf_index_finds_most_neighbours():
-    rng = np.random.default_rng(2)
-    centres = rng.integers(0, 256, (50, 64), dtype=np.uint8)
-    codes = centres[rng.integers(0, 50, 5000)] ^ (rng.random((5000, 64)) < 0.03).astype(np.uint8)
-    flat, ivf = HammingIndex(512), HammingIndex(512, "ivf", nlist=64, nprobe=8)
-    flat.add(codes)
-    ivf.add(codes)
-    queries = codes[:50]
-    _, exact = flat.search(queries, 10)
-    _, approx = ivf.search(queries, 10)
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx)])
-    assert recall > 0.9
-
-
 @pytest.mark.parametrize("budget", [1 << 22, 500, 37])
 def test_chunked_local_matching_equals_the_dense_computation(budget):
     rng = np.random.default_rng(3)

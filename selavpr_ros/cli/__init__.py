@@ -32,7 +32,7 @@ COMMAND_MODULES = (
 # optional imports -> the extra that installs them
 OPTIONAL_MODULES = {"torch": "torch", "onnxruntime": "onnx-runtime", "onnx": "onnx", "onnxscript": "onnx",
                     "cyclonedds": "dds", "matplotlib": "eval", "gtsam": "slam", "evo": "slam",
-                    "tensorboard": "train"}
+                    "tensorboard": "train", "ray": "ray"}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

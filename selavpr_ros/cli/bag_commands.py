@@ -50,12 +50,24 @@ def cmd_build_map(args: argparse.Namespace) -> int:
     keypoints = args.keypoints if args.keypoints in ("auto", "none") else \
         KeypointConfig(detector=args.keypoints, max_keypoints=args.max_keypoints)
     storage = StorageConfig(float_dtype=args.float_dtype, local_dtype=args.local_dtype, local_pool=args.local_pool)
-    reports = build_map(args.bags, args.image_topic, args.out, _extractor(args), pose_topic=args.pose_topic,
-                        base_frame=args.base_frame, map_frame=args.map_frame, sessions=args.session,
-                        gate=gate, storage=storage, save_images=args.save_images, max_pose_gap_s=args.max_pose_gap,
-                        progress=not args.quiet, camera_info=None if args.camera_info == "none" else args.camera_info,
-                        keypoints=None if keypoints == "none" else keypoints, depth_topic=args.depth_topic,
-                        batch_size=args.batch_size)
+    common = dict(pose_topic=args.pose_topic, base_frame=args.base_frame, map_frame=args.map_frame,
+                  sessions=args.session, gate=gate, storage=storage, max_pose_gap_s=args.max_pose_gap,
+                  progress=not args.quiet, camera_info=None if args.camera_info == "none" else args.camera_info,
+                  keypoints=None if keypoints == "none" else keypoints, depth_topic=args.depth_topic,
+                  batch_size=args.batch_size, chunk_images=args.chunk_images)
+    failed: dict[str, str] = {}
+    if args.executor == "ray":
+        from selavpr_ros.errors import ConfigError
+        from selavpr_ros.offline.ray_executor import RayOptions, build_map_on_ray
+
+        if args.save_images:
+            raise ConfigError("--save-images writes on the workers' disks: use the serial executor for it")
+        options = RayOptions(address=args.address, workers=args.workers, threads_per_worker=args.worker_threads)
+        reports, failed = build_map_on_ray(args.bags, args.image_topic, args.out, _extractor(args), args.checkpoint,
+                                           args.device, options, **common)
+    else:
+        reports = build_map(args.bags, args.image_topic, args.out, _extractor(args), save_images=args.save_images,
+                            **common)
     for r in reports:
         line = (f"{r.session}: {r.messages} images, {r.added} keyframes added, {r.gated_out} gated out, "
                 f"{r.already_in_map} already in the map, {r.bad_frames} bad frames")
@@ -66,7 +78,9 @@ def cmd_build_map(args: argparse.Namespace) -> int:
         print(line)
         for e in r.errors:
             print(f"  bad frame {e}")
-    return 0
+    for bag, why in failed.items():
+        print(f"FAILED {bag}: {why} (its earlier chunks are committed; rerun to resume)")
+    return 1 if failed else 0
 
 
 def replay_params(args: argparse.Namespace) -> dict:
@@ -130,6 +144,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive, default=8,
                    help="keyframes described per model call (memory: this many decoded images); 1 when "
                         "--max-similarity < 1, whose decisions need each descriptor before the next frame")
+    p.add_argument("--chunk-images", type=_positive, default=2000,
+                   help="image messages per unit of work: keyframes are committed at these boundaries, and "
+                        "--executor ray spreads the chunks over workers")
+    g = p.add_argument_group("distributed (--executor ray; pip install 'selavpr_ros[ray]')")
+    g.add_argument("--executor", default="serial", choices=("serial", "ray"),
+                   help="serial: this process; ray: workers of a Ray cluster describe the chunks, this process "
+                        "writes the map (same map as serial)")
+    g.add_argument("--address", help="Ray cluster: host:port of its head, or 'auto' for the one this machine "
+                                     "runs (default: start Ray on this machine)")
+    g.add_argument("--workers", type=int, default=0, help="workers (0: the cluster's CPUs / --worker-threads, or "
+                                                          "one per GPU)")
+    g.add_argument("--worker-threads", type=_positive, default=1, help="CPU threads per worker")
     p.add_argument("--float-dtype", default="float16", choices=("float16", "float32"))
     p.add_argument("--local-dtype", default="float16", choices=("float16", "float32", "int8", "none"))
     p.add_argument("--local-pool", type=int, default=1, help="store local features pooled k x k")

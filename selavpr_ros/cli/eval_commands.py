@@ -62,9 +62,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     geometry = VerificationConfig(matcher=args.matcher, min_inliers=args.min_inliers,
                                   min_inlier_ratio=args.min_inlier_ratio,
                                   keypoints=KeypointConfig(detector=args.detector, max_keypoints=args.max_keypoints))
+    from selavpr_ros.retrieval.config import RetrievalConfig
+
+    retrieval = RetrievalConfig(index=args.index, ivf_nprobe=args.ivf_nprobe)
+    describe = None
+    if args.executor == "ray":
+        from selavpr_ros.offline.ray_executor import RayOptions, describe_images_on_ray
+
+        options = RayOptions(address=args.address, workers=args.workers, threads_per_worker=args.worker_threads)
+
+        def describe(paths, batch_size, progress):
+            return describe_images_on_ray(paths, extractor, args.checkpoint, args.device, batch_size, options,
+                                          progress)
+
     report, extras = evaluate(extractor, ev, stages, batch_size=args.batch_size, k=args.k, local_k=args.local_k,
                               progress=not args.quiet, geometry=geometry, geometric_k=args.geometric_k,
-                              hfov_deg=args.hfov)
+                              hfov_deg=args.hfov, retrieval=retrieval, describe=describe)
     json_path, md_path = write_report(report, extras, ev, Path(args.out), args.query)
     print(md_path.read_text().split("\n## ")[0])
     if args.target_precision is not None:
@@ -128,5 +141,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queries", type=int, default=0, help="evaluate an evenly spaced subset of queries")
     p.add_argument("--query", type=int, help="query index for the top-5 figure (default: the first found)")
     p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--index", default="flat", choices=("flat", "ivf"),
+                   help="binary stage: exhaustive, or the IVF of huge maps (its recall cost shows in the report)")
+    p.add_argument("--ivf-nprobe", type=int, default=32, help="IVF lists scanned per query")
+    g = p.add_argument_group("distributed (--executor ray; pip install 'selavpr_ros[ray]')")
+    g.add_argument("--executor", default="serial", choices=("serial", "ray"),
+                   help="ray: describe database and queries on a Ray cluster (images on storage every node "
+                        "reads); same descriptors, same recall")
+    g.add_argument("--address", help="Ray cluster head host:port, or 'auto' (default: start Ray here)")
+    g.add_argument("--workers", type=int, default=0, help="workers (0: the cluster's CPUs / --worker-threads)")
+    g.add_argument("--worker-threads", type=int, default=1, help="CPU threads per worker")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)

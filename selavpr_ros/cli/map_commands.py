@@ -15,6 +15,7 @@ examples:
   selavpr-ros map repair maps/campus           # drop a crashed add's uncommitted tail
   selavpr-ros map delete-session maps/campus run3 && selavpr-ros map compact maps/campus
   selavpr-ros map merge maps/robot1 maps/robot2 --out maps/fleet   # no re-extraction
+  selavpr-ros map index maps/fleet             # train and persist the IVF for retrieval.index: ivf
 """
 
 
@@ -94,12 +95,37 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    import time
+
+    from selavpr_ros.retrieval.config import RetrievalConfig
+    from selavpr_ros.retrieval.retriever import Retriever
+
+    config = RetrievalConfig(index="ivf", ivf_nlist=args.nlist, ivf_nprobe=args.nprobe,
+                             ivf_retrain_growth=args.retrain_growth)
+    t0 = time.perf_counter()
+    from selavpr_ros.retrieval.ivf import IVFHammingIndex
+
+    with MapDatabase.open(args.map, "w") as db:
+        index = Retriever(db, config).hamming_index
+    assert isinstance(index, IVFHammingIndex)  # config.index is "ivf"
+    seconds = time.perf_counter() - t0
+    if not index.trained:
+        print(f"{args.map}: {len(index)} keyframes are too few for an IVF (fewer than "
+              f"{index.settings.min_train_per_list} per list); the map is searched exhaustively")
+        return 0
+    what = "trained" if index.retrains else "up to date"
+    print(f"{args.map}: IVF {what}, {index.nlist} lists over {len(index)} keyframes (centroids from "
+          f"{index.trained_rows}), {seconds:.1f} s; persisted in {args.map}/index/")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from selavpr_ros.cli import HelpFormatter
 
     p = sub.add_parser(
         "map",
-        help="inspect and maintain map databases (check, stats, repair, compact, delete-session, merge)",
+        help="inspect and maintain map databases (check, stats, repair, compact, delete-session, merge, index)",
         description="Inspect and maintain a map database directory.",
         epilog=EPILOG,
         formatter_class=HelpFormatter,
@@ -129,3 +155,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--out", required=True, help="new map directory (must not exist)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=cmd_merge)
+    text = ("train and persist the map's IVF index (retrieval.index: ivf) now, rather than on the first "
+            "open; opening reuses it, retraining only after the map grew by --retrain-growth")
+    a = actions.add_parser("index", help=text, description=text, formatter_class=HelpFormatter)
+    a.add_argument("map", metavar="MAP", help="map directory")
+    a.add_argument("--nlist", type=int, default=0, help="IVF lists (0: the power of two nearest sqrt(keyframes))")
+    a.add_argument("--nprobe", type=int, default=32, help="lists scanned per query (a search setting, not stored)")
+    a.add_argument("--retrain-growth", type=float, default=2.0, help="retrain when the map grew by this factor")
+    a.set_defaults(func=cmd_index)

@@ -12,12 +12,13 @@ throughput is images per second over the whole dataset.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,13 +197,16 @@ class EvalReport:
 def evaluate(extractor: Extractor, ev: EvalSet, stages: Sequence[Stage], ns: tuple[int, ...] = (1, 5, 10, 20),
              batch_size: int = 32, k: int = 100, local_k: int = 20, work_dir: Path | None = None,
              progress: bool = True, geometry: VerificationConfig | None = None, geometric_k: int = 5,
-             hfov_deg: float = 60.0) -> tuple[EvalReport, dict[str, Any]]:
+             hfov_deg: float = 60.0, retrieval: RetrievalConfig | None = None,
+             describe: Callable[[list, int, bool], Descriptors] | None = None) -> tuple[EvalReport, dict[str, Any]]:
     """Recall, precision-recall, latency and size figures for ``stages`` (any of binary, float,
     local, geometric, reported in that order).
 
     ``geometric`` verifies the best ``geometric_k`` candidates of the last
     retrieval stage with ``geometry``; image folders carry no calibration, so
     each image gets an ideal pinhole of ``hfov_deg`` horizontal field of view.
+    ``retrieval`` supplies the binary index settings (``index``, ``ivf_*``); ``describe(paths,
+    batch_size, progress)`` replaces ``extractor.extract`` (e.g. on a Ray cluster).
     """
     if ev.queries_without_match == len(ev.queries):
         raise DatasetError(f"{ev.name}: no query has a ground-truth match within {ev.threshold}; check the "
@@ -213,15 +217,16 @@ def evaluate(extractor: Extractor, ev: EvalSet, stages: Sequence[Stage], ns: tup
     if "local" in stages and layout.local_dim == 0:
         raise DatasetError(f"stage 'local' needs a model with local features; {extractor.model_id} has none")
     t0 = time.perf_counter()
-    db_desc = extractor.extract(ev.database, batch_size, progress)
-    q_desc = extractor.extract(ev.queries, batch_size, progress)
+    describe = describe or extractor.extract
+    db_desc = describe(ev.database, batch_size, progress)
+    q_desc = describe(ev.queries, batch_size, progress)
     ips = (len(ev.database) + len(ev.queries)) / (time.perf_counter() - t0)
     with _scratch_dir(work_dir) as work:
         db = MapDatabase.create(work / "map", layout, extractor.model_id, durable=False)
         try:
             report, rankings, extras_geometry = _evaluate_on(db, extractor, ev, stages, verify, ns, k, local_k,
                                                              geometry, geometric_k, hfov_deg, progress, q_desc,
-                                                             db_desc, ips)
+                                                             db_desc, ips, retrieval or RetrievalConfig())
         finally:
             db.close()
     return report, {"rankings": rankings, "query_desc": q_desc, "db_desc": db_desc,
@@ -244,7 +249,8 @@ def _scratch_dir(work_dir: Path | None):
 
 def _evaluate_on(db: MapDatabase, extractor: Extractor, ev: EvalSet, stages: list, verify: bool,
                  ns: tuple[int, ...], k: int, local_k: int, geometry: VerificationConfig | None, geometric_k: int,
-                 hfov_deg: float, progress: bool, q_desc: Descriptors, db_desc: Descriptors, ips: float):
+                 hfov_deg: float, progress: bool, q_desc: Descriptors, db_desc: Descriptors, ips: float,
+                 retrieval: RetrievalConfig):
     """The stages of :func:`evaluate` over the database descriptors in the scratch map ``db``."""
     layout = extractor.layout
     extras_geometry: list = []
@@ -258,7 +264,8 @@ def _evaluate_on(db: MapDatabase, extractor: Extractor, ev: EvalSet, stages: lis
                         bytes_per_entry=db.stats()["bytes_per_entry"])
     rankings: dict[str, np.ndarray] = {}
     for stage in stages:
-        cfg = RetrievalConfig(stages=pipeline_up_to(stage), k=min(k, len(ev.database)), local_k=local_k)
+        cfg = dataclasses.replace(retrieval, stages=pipeline_up_to(stage), k=min(k, len(ev.database)),
+                                  local_k=local_k)
         retriever = Retriever(db, cfg)
         cands = retriever.search_batch(q_desc)
         width = max(ns)

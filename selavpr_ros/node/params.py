@@ -103,6 +103,15 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("loop_closure.retrieval.k", 100, "Candidates from the first stage", 1, 100000, read_only=True),
     ParamSpec("loop_closure.retrieval.local_k", 20, "Candidates re-ranked with local features", 1, 1000,
               read_only=True),
+    ParamSpec("loop_closure.retrieval.index", "flat", "Binary stage: flat (exhaustive, exact; up to ~1 M keyframes) "
+              "or ivf (inverted file, approximate, for huge maps; persisted in the map's index/ folder)",
+              choices=("flat", "ivf"), read_only=True),
+    ParamSpec("loop_closure.retrieval.ivf_nlist", 0, "IVF lists (0 = the power of two nearest sqrt(keyframes) "
+              "when trained)", 0, 65536, read_only=True),
+    ParamSpec("loop_closure.retrieval.ivf_nprobe", 32, "IVF lists scanned per query: more = higher recall, slower",
+              1, 65536, read_only=True),
+    ParamSpec("loop_closure.retrieval.ivf_retrain_growth", 2.0, "Retrain the IVF centroids when the map has grown "
+              "by this factor since they were trained", 1.1, 100.0, read_only=True),
     ParamSpec("loop_closure.geometry.matcher", "keypoints", "Correspondences for the geometric stage: keypoints "
               "(stored ORB/SIFT, every model) or dense (the model's local features, SelaVPR)",
               choices=("keypoints", "dense"), read_only=True),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from selavpr_ros.types import Descriptors, KeyframeRecord
 
 log = logging.getLogger(__name__)
 _NO_DESCRIPTOR = np.zeros(0, np.float32)  # for gate checks that do not compare appearance
+DEFAULT_CHUNK_IMAGES = 2000  # image messages per unit of work (see build_map's chunk_images)
 
 
 @dataclass
@@ -84,6 +86,7 @@ def build_map(
     keypoints: KeypointConfig | str | None = "auto",
     depth_topic: str | None = None,
     batch_size: int = 8,
+    chunk_images: int = DEFAULT_CHUNK_IMAGES,
 ) -> list[SessionReport]:
     """Add the keyframes of each bag to the map at ``out`` (created when absent).
 
@@ -95,26 +98,20 @@ def build_map(
     ``max_similarity`` < 1, since each descriptor decides the next keyframe). Batching changes
     no result: the gate decides on time and motion before any descriptor exists.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if sessions is not None and len(sessions) != len(bags):
-        raise BagError(f"{len(sessions)} session names for {len(bags)} bags")
-    for bag in bags:  # every input is checked before the map is created or touched
-        with open_bags([bag]) as reader:
-            image_connections(reader, image_topic)
-            if pose_topic:
-                load_pose_track(reader, pose_topic, base_frame=base_frame, map_frame=map_frame)
+    names = check_inputs(bags, image_topic, sessions, pose_topic, base_frame, map_frame, batch_size, chunk_images)
     out = Path(out)
     created = not out.exists()
     db = open_map(out, extractor, "mapping", storage)
     reports = []
     try:
-        for i, bag in enumerate(bags):
-            name = sessions[i] if sessions else session_name(Path(bag))
+        for bag, name in zip(bags, names):
             geometry = _Geometry(camera_info, keypoints, depth_topic)
-            reports.append(_build_session(db, Path(bag), name, image_topic, extractor, pose_topic, base_frame,
-                                          map_frame, gate or KeyframeGateConfig(), save_images, max_pose_gap_s,
-                                          commit_every, progress, geometry, batch_size))
+            sink = _MapSink(db, name)
+            images = db.path if save_images else None
+            reports.append(build_session(sink, Path(bag), name, image_topic, extractor, pose_topic, base_frame,
+                                         map_frame, gate or KeyframeGateConfig(), max_pose_gap_s, commit_every,
+                                         progress, geometry, batch_size, newest=db.newest_keyframe(name),
+                                         images=images, chunk_images=chunk_images))
     except BaseException:
         empty = db.count == 0
         db.close()
@@ -123,6 +120,34 @@ def build_map(
         raise
     db.close()
     return reports
+
+
+def check_inputs(bags: list[str | Path], image_topic: str, sessions: list[str] | None, pose_topic: str | None,
+                 base_frame: str | None, map_frame: str | None, batch_size: int, chunk_images: int) -> list[str]:
+    """Check every bag before the map is created or touched; returns the session names."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if chunk_images < 1:
+        raise ValueError(f"chunk_images must be >= 1, got {chunk_images}")
+    if sessions is not None and len(sessions) != len(bags):
+        raise BagError(f"{len(sessions)} session names for {len(bags)} bags")
+    for bag in bags:
+        with open_bags([bag]) as reader:
+            image_connections(reader, image_topic)
+            if pose_topic:
+                load_pose_track(reader, pose_topic, base_frame=base_frame, map_frame=map_frame)
+    return list(sessions) if sessions else [session_name(Path(b)) for b in bags]
+
+
+class _MapSink:
+    """Commits described keyframes to the map (the serial executor's writer)."""
+
+    def __init__(self, db: MapDatabase, session: str) -> None:
+        self.db, self.session = db, session
+
+    def __call__(self, desc: Descriptors, records: list[KeyframeRecord], kps: list[Keypoints | None]) -> None:
+        stored = any(k is not None for k in kps)  # detected for every keyframe of a bag, or for none
+        self.db.add(desc, records, session=self.session, keypoints=kps if stored else None)
 
 
 @dataclass
@@ -141,17 +166,21 @@ class _Geometry:
         if self.depth_topic:
             self.depth = StampedLookup(reader, self.depth_topic)
 
+    def validate(self, rgb: np.ndarray, stamp: int) -> np.ndarray | None:
+        """The frame's registered depth image, if any; ImageError if the frame cannot be a keyframe."""
+        if not isinstance(self.keypoints, KeypointConfig) or self.depth is None:
+            return None
+        msg = self.depth.get(stamp)
+        depth = decode_depth(msg) if msg is not None else None
+        if depth is not None and depth.shape != rgb.shape[:2]:
+            raise ImageError(f"depth image {depth.shape[1]}x{depth.shape[0]} at {stamp} is not registered "
+                             f"to the {rgb.shape[1]}x{rgb.shape[0]} camera image")
+        return depth
+
     def keypoints_of(self, rgb: np.ndarray, stamp: int) -> Keypoints | None:
         if not isinstance(self.keypoints, KeypointConfig):
             return None
-        depth = None
-        if self.depth is not None:
-            msg = self.depth.get(stamp)
-            depth = decode_depth(msg) if msg is not None else None
-            if depth is not None and depth.shape != rgb.shape[:2]:
-                raise ImageError(f"depth image {depth.shape[1]}x{depth.shape[0]} at {stamp} is not registered "
-                                 f"to the {rgb.shape[1]}x{rgb.shape[0]} camera image")
-        return detect(rgb, self.keypoints, depth)
+        return detect(rgb, self.keypoints, self.validate(rgb, stamp))
 
 
 @dataclass
@@ -164,22 +193,35 @@ class _Ready:
     camera_problem: str
 
 
-def _build_session(db: MapDatabase, bag: Path, session: str, image_topic: str, extractor: Extractor,
-                   pose_topic: str | None, base_frame: str | None, map_frame: str | None, gate_cfg: KeyframeGateConfig,
-                   save_images: bool, max_pose_gap_s: float, commit_every: int, progress: bool,
-                   geometry: _Geometry, batch_size: int = 8) -> SessionReport:
+def build_session(sink: Callable[[Descriptors, list[KeyframeRecord], list[Keypoints | None]], None], bag: Path,
+                  session: str, image_topic: str, extractor: Extractor, pose_topic: str | None,
+                  base_frame: str | None, map_frame: str | None, gate_cfg: KeyframeGateConfig, max_pose_gap_s: float,
+                  commit_every: int, progress: bool, geometry: _Geometry, batch_size: int = 8,
+                  newest: tuple[KeyframeRecord, np.ndarray] | None = None, images: Path | None = None,
+                  chunk_images: int = DEFAULT_CHUNK_IMAGES, window: tuple[int, int | None] = (0, None)
+                  ) -> SessionReport:
+    """One bag's keyframes, described and handed to ``sink`` in commit groups.
+
+    ``newest``: the session's newest keyframe in the map (resume after it);
+    ``images``: the map folder, to keep keyframe images under ``images/SESSION``;
+    ``window``: image messages ``[start, stop)`` (in bag order) to describe; those before
+    ``start`` only pass through the keyframe gate (decoded, not described) so that the gate
+    decides as it would in one pass over the whole bag.
+    """
     report = SessionReport(session, str(bag))
     gate = KeyframeGate(gate_cfg)
     appearance = gate_cfg.max_similarity < 1.0  # the gate reads descriptors: each one before the next decision
     batch_size = 1 if appearance else batch_size
     resume_stamp = -1
-    newest = db.newest_keyframe(session)
     if newest is not None:
         record, descriptor = newest
         resume_stamp = record.stamp_ns
         gate.accept(record.stamp_ns, descriptor, record.pose)
-    image_dir = db.path / "images" / session
-    if save_images:
+    start, stop = window
+    if appearance and (start or stop is not None):
+        raise ValueError("a keyframe gate that compares appearance (max_similarity < 1) cannot split a bag")
+    image_dir = images / "images" / session if images is not None else None
+    if image_dir is not None:
         image_dir.mkdir(parents=True, exist_ok=True)
     ready: list[_Ready] = []
     pending_desc: list[Descriptors] = []
@@ -198,10 +240,10 @@ def _build_session(db: MapDatabase, bag: Path, session: str, image_topic: str, e
                 continue
             if appearance:
                 gate.accept(r.record.stamp_ns, desc.descriptors[i], r.record.pose)
-            if save_images:
+            if image_dir is not None and images is not None:
                 path = image_dir / f"{r.record.stamp_ns}.jpg"
                 Image.fromarray(r.rgb).save(path, quality=92)
-                r.record.image_ref = str(path.relative_to(db.path))
+                r.record.image_ref = str(path.relative_to(images))
             if geometry.track is not None and r.record.camera is None:
                 report.without_camera += 1
                 report.camera_problem = report.camera_problem or r.camera_problem
@@ -215,8 +257,7 @@ def _build_session(db: MapDatabase, bag: Path, session: str, image_topic: str, e
     def commit() -> None:
         describe()
         if pending_rec:
-            db.add(Descriptors.concat(pending_desc), pending_rec, session=session,
-                   keypoints=pending_kp if isinstance(geometry.keypoints, KeypointConfig) else None)
+            sink(Descriptors.concat(pending_desc), list(pending_rec), list(pending_kp))
             report.added += len(pending_rec)
             pending_desc.clear()
             pending_rec.clear()
@@ -230,14 +271,20 @@ def _build_session(db: MapDatabase, bag: Path, session: str, image_topic: str, e
         geometry.open(reader, image_topic)
         posed = 0
         bar = tqdm(total=total, desc=f"{session}", unit="img", disable=not progress)
-        for item in iter_images(reader, image_topic):
-            bar.update()
-            report.messages += 1
+        for index, item in enumerate(iter_images(reader, image_topic)):
+            if stop is not None and index >= stop:
+                break
+            if index and index % chunk_images == 0:
+                commit()  # a chunk boundary: every executor describes and commits the same groups
+            dry = index < start  # before this window: only the gate's decisions matter
+            if not dry:
+                bar.update()
+                report.messages += 1
             if item.stamp_ns <= resume_stamp:
-                report.already_in_map += 1
+                report.already_in_map += not dry
                 continue
             pose = track.interpolate(np.array([item.stamp_ns]), max_pose_gap_s)[0] if track is not None else None
-            if track is not None and pose is None:
+            if track is not None and pose is None and not dry:
                 report.without_pose += 1
                 if item.stamp_ns > track.stamps_ns[-1] and not posed:
                     _no_overlap(bag, pose_topic, track, item.stamp_ns)
@@ -246,7 +293,14 @@ def _build_session(db: MapDatabase, bag: Path, session: str, image_topic: str, e
             # the gate never reads the descriptor, so an empty one stands in for the one not yet computed)
             reason = gate.check(item.stamp_ns, _NO_DESCRIPTOR, pose) if not appearance else ""
             if reason:
-                report.gated_out += 1
+                report.gated_out += not dry
+                continue
+            if dry:
+                try:  # what makes a frame a bad frame, without describing it
+                    geometry.validate(decode_any(item.msg), item.stamp_ns)
+                except ImageError:
+                    continue
+                gate.accept(item.stamp_ns, _NO_DESCRIPTOR, pose)
                 continue
             problem = ""
             try:

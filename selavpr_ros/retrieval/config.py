@@ -54,9 +54,10 @@ class RetrievalConfig:
     stages: list[Stage] = field(default_factory=lambda: ["binary", "float"])
     k: int = 100  # candidates from the first stage
     local_k: int = 20  # candidates re-ranked with local features
-    index: Literal["flat", "ivf"] = "flat"
-    ivf_nlist: int = 0  # 0: 4 * sqrt(N)
-    ivf_nprobe: int = 16
+    index: Literal["flat", "ivf"] = "flat"  # binary stage: exhaustive, or an inverted file for huge maps
+    ivf_nlist: int = 0  # lists; 0: the power of two nearest sqrt(rows) when trained
+    ivf_nprobe: int = 32  # lists scanned per query
+    ivf_retrain_growth: float = 2.0  # retrain the centroids when the map has grown by this factor
     local_budget: int = DEFAULT_LOCAL_BUDGET  # similarity elements per chunk in local matching
     local_device: str = "cpu"
     local_half: bool = False
@@ -64,3 +65,7 @@ class RetrievalConfig:
     def __post_init__(self) -> None:
         self.stages = parse_stages(self.stages)
         check(self.k >= 1 and self.local_k >= 1, "retrieval.k and local_k must be >= 1")
+        check(self.index in ("flat", "ivf"), f"retrieval.index must be 'flat' or 'ivf', got {self.index!r}")
+        check(self.ivf_nlist == 0 or 16 <= self.ivf_nlist <= 65536, "retrieval.ivf_nlist must be 0 (auto) or 16..65536")
+        check(self.ivf_nprobe >= 1, "retrieval.ivf_nprobe must be >= 1")
+        check(self.ivf_retrain_growth > 1.0, "retrieval.ivf_retrain_growth must be > 1")

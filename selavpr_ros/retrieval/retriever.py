@@ -23,6 +23,7 @@ from selavpr_ros.mapdb.database import MapDatabase
 from selavpr_ros.mapdb.records import pool_local
 from selavpr_ros.retrieval.config import RetrievalConfig
 from selavpr_ros.retrieval.hamming import HammingIndex, row_selector
+from selavpr_ros.retrieval.ivf import IVFHammingIndex, IVFSettings
 from selavpr_ros.retrieval.local_matching import mutual_nn_counts
 from selavpr_ros.types import Descriptors
 
@@ -58,16 +59,22 @@ class Retriever:
         self.config = config or RetrievalConfig()
         if "local" in self.config.stages and not database.info.stored.stores_local:
             raise ConfigError(f"retrieval stage 'local' needs local features, but map {database.path} stores none")
-        self._hamming = HammingIndex(
-            database.layout.code_bits, self.config.index, self.config.ivf_nlist, self.config.ivf_nprobe
-        )
+        self._hamming = self._binary_index()
         self._float_index: faiss.IndexFlatIP | None = None
         self._synced = 0
         self._generation = database.info.generation  # rows are renumbered when this changes (compaction)
         self.sync()
 
+    def _binary_index(self) -> HammingIndex | IVFHammingIndex:
+        cfg, db = self.config, self.db
+        if cfg.index == "flat":
+            return HammingIndex(db.layout.code_bits)
+        settings = IVFSettings(nlist=cfg.ivf_nlist, nprobe=cfg.ivf_nprobe, retrain_growth=cfg.ivf_retrain_growth)
+        return IVFHammingIndex(db.layout.code_bits, settings, db.path, db.info.generation, db.model_id,
+                               map_rows=db.count)
+
     @property
-    def hamming_index(self) -> HammingIndex:
+    def hamming_index(self) -> HammingIndex | IVFHammingIndex:
         return self._hamming
 
     @property
@@ -85,7 +92,7 @@ class Retriever:
         new = n - self._synced
         if new:
             if self.config.stages[0] == "binary":
-                self._hamming.add(self.db.codes[self._synced : n])
+                self._hamming.add(self.db.codes[self._synced : n], all_codes=self.db.codes)
             else:
                 if self._float_index is None:
                     self._float_index = faiss.IndexFlatIP(self.db.layout.float_dim)
