@@ -1,13 +1,22 @@
-"""Map search speed and size, all measured side by side in one run.
+"""Map search speed, recall and memory from 10 k to 10 M keyframes, all measured side by side in one run.
 
-For maps of 10 k, 100 k and 1 M entries (1024-d float descriptors stored as
-fp16, 512-bit codes; synthetic but structured: 10 noisy views per place,
-codes are sign random projections of the floats):
+Map entries are made like the built-in model's (512-bit code, 512-d float
+stored fp16): sampled from a Gaussian fitted to the model's own features on
+augmented real Nordland frames and passed through the model's output layers
+(``_scale_codes.py`` says exactly how; 10 views per place; the JSON's
+``codes`` compares them with real codes and uniformly random ones).
+For each size, each index is served by a fresh process (its resident memory
+is its own), with 200 queries that are new views of places in the map:
 
-(a) binary top-100 + float re-rank (this package's default retrieval);
-(b) exhaustive float search (faiss IndexFlatIP, fp32 in RAM: what the papers' code does);
-(c) approximate binary search (IVF) and its recall@100 against exhaustive Hamming;
-time to open the map; bytes per entry.
+* ``flat``: exhaustive Hamming top-100 + float re-rank (the default); its
+  binary results are the exact reference of this run;
+* ``ivf``: the persisted inverted file (``retrieval.index: ivf``, default
+  nprobe: a quarter of the lists) + float
+  re-rank: first open (trains and persists), reopen (no retraining), p50/p95
+  per query, recall@100 and @10 of its binary stage against ``flat``, an
+  nprobe sweep, resident memory (VmRSS after the queries, and VmHWM);
+* exhaustive float search (faiss IndexFlatIP, fp32 in RAM: what the papers'
+  code does) up to 1 M entries (20 GB of RAM at 10 M).
 
 Local re-ranking (SelaVPR, 61 x 61 x 128 per entry) on a 1 k map: top-20 and
 top-100 with full-grid fp16, 2x2-pooled fp16 and pooled int8 storage, against
@@ -19,19 +28,25 @@ machine's fp32 matmul peak, measured here) and its peak memory (tracemalloc).
 Bounds: the Hamming scan reads N x 64 B; at this machine's measured read
 bandwidth that is its floor. Writes benchmarks/results/retrieval.json.
 
-    python benchmarks/retrieval.py            # all sizes (~10 min, ~8 GB RAM, ~3 GB disk)
-    python benchmarks/retrieval.py --quick    # 10 k and 100 k only
+    python benchmarks/retrieval.py                        # all sizes (~40 min, ~11 GB of disk at 10 M)
+    python benchmarks/retrieval.py --max-entries 1000000  # up to 1 M (~8 min)
+    python benchmarks/retrieval.py --quick                # 10 k and 100 k, no local re-ranking
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _scale_codes as scale_codes
 import faiss
 import numpy as np
 from _common import DESIGN_MEM_GBPS, measure_memory_gbps, measure_peak_gflops, median_ms, save, table
@@ -39,116 +54,151 @@ from _common import DESIGN_MEM_GBPS, measure_memory_gbps, measure_peak_gflops, m
 from selavpr_ros.mapdb.database import MapDatabase
 from selavpr_ros.mapdb.records import StorageConfig
 from selavpr_ros.retrieval.config import RetrievalConfig
-from selavpr_ros.retrieval.hamming import HammingIndex
 from selavpr_ros.retrieval.retriever import Retriever
 from selavpr_ros.types import DescriptorLayout, Descriptors, KeyframeRecord
 
-DIM, BITS, VIEWS = 1024, 512, 10
-PROJ = np.random.default_rng(42).standard_normal((DIM, BITS)).astype(np.float32)
+BITS, DIM, VIEWS = 512, 512, 10
+SIZES = (10_000, 100_000, 1_000_000, 10_000_000)
+FLOAT_EXHAUSTIVE_MAX = 1_000_000  # (b) holds fp32 floats in RAM: 2 GB at 1 M, 20 GB at 10 M (not run)
+NPROBES = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def chunk(start: int, n: int) -> Descriptors:
-    """Entries ``start..start+n``: entry i is a noisy view of place i // VIEWS."""
-    places = np.arange(start, start + n) // VIEWS
-    base = np.stack([np.random.default_rng(int(p)).standard_normal(DIM) for p in np.unique(places)])
-    f = base[np.searchsorted(np.unique(places), places)]
-    f = unit(f + 0.6 * np.random.default_rng(start).standard_normal(f.shape))
-    z = f @ PROJ
-    return Descriptors(np.packbits(z >= 0, axis=1), f, z, None)
-
-
 def build_map(path: Path, n: int) -> float:
+    """A map of ``n`` entries made like the built-in model's (see _scale_codes.py), 10 views per place."""
     t = time.perf_counter()
-    db = MapDatabase.create(path, DescriptorLayout(BITS, DIM), "bench:1")
-    step = 20_000
-    for s in range(0, n, step):
-        m = min(step, n - s)
-        db.add(chunk(s, m), [KeyframeRecord(stamp_ns=i) for i in range(s, s + m)])
+    db = MapDatabase.create(path, DescriptorLayout(BITS, DIM), "bench:scale")
+    for start, codes, floats in scale_codes.chunks(n, 100_000, VIEWS):
+        desc = Descriptors(codes, floats.astype(np.float32), np.zeros((len(codes), 0), np.float32))
+        db.add(desc, [KeyframeRecord(stamp_ns=i) for i in range(start, start + len(codes))])
     db.close()
     return time.perf_counter() - t
 
 
-def queries(n_map: int, count: int) -> tuple[Descriptors, np.ndarray]:
-    """Fresh views of places in the map (their other views are the true neighbours), and those places."""
-    rng = np.random.default_rng(7)
-    places = rng.choice(n_map // VIEWS, count, replace=False)
-    f = np.stack([np.random.default_rng(int(p)).standard_normal(DIM) for p in places])
-    f = unit(f + 0.6 * rng.standard_normal(f.shape))
-    z = f @ PROJ
-    return Descriptors(np.packbits(z >= 0, axis=1), f, z, None), places
+def rss_mb() -> dict[str, float]:
+    """This process's resident memory (MB): all of it now and at its peak, and split into its own
+    (anonymous: heap, indexes copied into RAM) and the map files' pages it has mapped (page cache
+    the kernel may drop; with large folios a few scattered reads map megabytes of a file)."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {k: int(status[key].split()[0]) / 1024
+            for k, key in (("now", "VmRSS"), ("peak", "VmHWM"), ("anon", "RssAnon"), ("file", "RssFile"))}
 
 
-def bench_size(n: int, workdir: Path, n_queries: int, mem_gbps: float) -> dict:
+def percentiles(times: list[float]) -> dict[str, float]:
+    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95))}
+
+
+def timed(fn, count: int) -> dict[str, float]:
+    fn(0)  # warm-up: first-call allocations are not a query's cost
+    times = []
+    for j in range(count):
+        t = time.perf_counter()
+        fn(j)
+        times.append((time.perf_counter() - t) * 1000)
+    return percentiles(times)
+
+
+def serve(path: Path, n: int, index: str, count: int, truth: Path) -> dict:
+    """One fresh process serving the map with ``index`` (flat or ivf): times, recall, resident memory.
+    The queries come from a file beside ``truth`` (this process never loads the code generator)."""
+    saved = np.load(truth.with_suffix(".queries.npz"))
+    qc, qf, places = saved["codes"][:count], saved["floats"][:count], saved["places"][:count]
+    q = Descriptors(qc, qf.astype(np.float32), np.zeros((count, 0), np.float32))
+    out: dict = {"index": index}
+    config = RetrievalConfig(stages=["binary", "float"], k=100, index=index)
+    db = MapDatabase.open(path)
+    t = time.perf_counter()
+    retriever = Retriever(db, config)
+    out["first_open_s"] = time.perf_counter() - t  # ivf: trains and persists on the first open
+    if index == "ivf":
+        del retriever
+        gc.collect()
+        t = time.perf_counter()
+        retriever = Retriever(db, config)
+        out["reopen_s"] = time.perf_counter() - t
+        out["reopen_retrains"] = retriever.hamming_index.retrains
+        out["nlist"] = retriever.hamming_index.nlist
+        out["nprobe"] = retriever.hamming_index.probes  # the default: a quarter of the lists
+    hamming = retriever.hamming_index
+    out["binary_float"] = timed(lambda j: retriever.search(q[j]), count)
+    out["binary_stage"] = timed(lambda j: hamming.search(qc[j], 100), count)
+    out["rss_mb"] = rss_mb()
+    _, rows = hamming.search(qc, 100)
+    out["place_hit_at_1"] = float(np.mean([retriever.search(q[j]).rows[0] // VIEWS == places[j]
+                                           for j in range(count)]))
+    if index == "flat":
+        np.save(truth, rows)  # exhaustive: the reference of every approximate index in this run
+        if n <= FLOAT_EXHAUSTIVE_MAX:
+            flat = faiss.IndexFlatIP(DIM)
+            for s in range(0, n, 100_000):
+                flat.add(np.ascontiguousarray(db.float_descriptors[s : s + 100_000], np.float32))
+            out["float_exhaustive"] = timed(lambda j: flat.search(q.descriptors[j][None], 100), count)
+            out["float_exhaustive_hit_at_1"] = float(np.mean(flat.search(q.descriptors, 1)[1][:, 0] // VIEWS
+                                                             == places))
+    else:
+        exact = np.load(truth)
+        out["recall_at_100"] = recall(exact, rows)
+        out["recall_at_10"] = recall(exact[:, :10], rows[:, :10])
+        sweep = []
+        nprobe = hamming.settings.nprobe
+        for probes in NPROBES:
+            hamming.settings = dataclasses.replace(hamming.settings, nprobe=probes)
+            _, got = hamming.search(qc, 100)
+            sweep.append({"nprobe": probes, "recall_at_100": recall(exact, got),
+                          **timed(lambda j: hamming.search(qc[j], 100), count)})
+        hamming.settings = dataclasses.replace(hamming.settings, nprobe=nprobe)
+        out["nprobe_sweep"] = sweep
+    db.close()
+    return out
+
+
+def recall(exact: np.ndarray, approx: np.ndarray) -> float:
+    return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(exact, approx)]))
+
+
+def in_fresh_process(*args: str) -> dict:
+    """``serve`` in a child process, so that its resident memory is its own."""
+    result = subprocess.run([sys.executable, __file__, "--serve", *args], capture_output=True, text=True,
+                            check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"serve {args} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def bench_size(n: int, workdir: Path, count: int, mem_gbps: float) -> dict:
     path = workdir / f"map{n}"
     build_s = build_map(path, n)
-    gc.collect()
     open_ms = median_ms(lambda: MapDatabase.open(path).close(), repeats=5, warmup=1)["median_ms"]
-    db = MapDatabase.open(path)
-    q, places = queries(n, n_queries)
-    retriever = Retriever(db, RetrievalConfig(stages=["binary", "float"], k=100))
-    i = iter(range(10**9))
-
-    def nxt() -> int:
-        return next(i) % n_queries
-
-    a = median_ms(lambda: retriever.search(q[nxt()]), repeats=n_queries)
-    hamming = retriever.hamming_index
-    stage_binary = median_ms(lambda: hamming.search(q.codes[nxt()], 100), repeats=n_queries)
-
-    flat = faiss.IndexFlatIP(DIM)
-    for s in range(0, n, 50_000):
-        flat.add(np.ascontiguousarray(db.float_descriptors[s : s + 50_000], np.float32))
-    b = median_ms(lambda: flat.search(q.descriptors[nxt()][None], 100), repeats=n_queries)
-    # Both paths find the right place (a view of the query's place ranked first).
-    hit_a = np.mean([retriever.search(q[j]).rows[0] // VIEWS == places[j] for j in range(n_queries)])
-    hit_b = np.mean(flat.search(q.descriptors, 1)[1][:, 0] // VIEWS == places)
-    flat.reset()
-    gc.collect()
-
-    ivf = HammingIndex(BITS, "ivf", nprobe=16)
-    t = time.perf_counter()
-    ivf.add(np.asarray(db.codes))
-    ivf_build_s = time.perf_counter() - t
-    c = median_ms(lambda: ivf.search(q.codes[nxt()], 100), repeats=n_queries)
-    _, exact = hamming.search(q.codes, 100)
-    _, approx = ivf.search(q.codes, 100)
-    ivf_recall = float(np.mean([len(set(x) & set(y)) / 100 for x, y in zip(exact, approx)]))
-    ivf_recall10 = float(np.mean([len(set(x[:10]) & set(y[:10])) / 10 for x, y in zip(exact, approx)]))
-    hit_ivf = float(np.mean(approx[:, 0] // VIEWS == places))
-    bytes_entry = sum(db.info.stored.row_bytes().values())
-    db.close()
+    with MapDatabase.open(path) as db:
+        bytes_entry = sum(db.info.stored.row_bytes().values())
+    truth = workdir / f"truth{n}.npy"
+    qc, qf, places = scale_codes.queries(count, n)
+    np.savez(truth.with_suffix(".queries.npz"), codes=qc, floats=qf, places=places)
+    flat = in_fresh_process(str(path), str(n), "flat", str(count), str(truth))
+    ivf = in_fresh_process(str(path), str(n), "ivf", str(count), str(truth))
     shutil.rmtree(path)
     scan_bound_ms = n * BITS / 8 / (mem_gbps * 1e9) * 1000
     row = {
         "entries": n,
-        "a_binary_float_ms": a["median_ms"],
-        "a_binary_stage_ms": stage_binary["median_ms"],
-        "b_float_exhaustive_ms": b["median_ms"],
-        "b_over_a": b["median_ms"] / a["median_ms"],
-        "place_hit_at_1_a": float(hit_a),
-        "place_hit_at_1_b": float(hit_b),
-        "hamming_scan_bound_ms": scan_bound_ms,
-        "binary_x_bound": stage_binary["median_ms"] / scan_bound_ms,
-        "c_ivf_ms": c["median_ms"],
-        "c_ivf_recall_at_100": ivf_recall,
-        "c_ivf_recall_at_10": ivf_recall10,
-        "c_ivf_place_hit_at_1": hit_ivf,
-        "ivf_build_s": ivf_build_s,
-        "open_ms": open_ms,
         "build_s": build_s,
+        "open_ms": open_ms,
         "bytes_per_entry": bytes_entry,
-        "float_fp32_ram_bytes_per_entry": DIM * 4,
+        "hamming_scan_bound_ms": scan_bound_ms,
+        "flat": flat,
+        "ivf": ivf,
+        "flat_binary_x_bound": flat["binary_stage"]["p50_ms"] / scan_bound_ms,
+        "float_exhaustive_over_flat": (flat["float_exhaustive"]["p50_ms"] / flat["binary_float"]["p50_ms"]
+                                       if "float_exhaustive" in flat else None),
     }
-    print(
-        f"  {n:>9,} entries: (a) {row['a_binary_float_ms']:.2f} ms, (b) {row['b_float_exhaustive_ms']:.2f} ms "
-        f"-> {row['b_over_a']:.1f}x; binary stage {row['binary_x_bound']:.2f}x bound; open {open_ms:.1f} ms; "
-        f"IVF {row['c_ivf_ms']:.2f} ms recall {ivf_recall:.3f}",
-        flush=True,
-    )
+    print(f"  {n:>10,} entries: flat {flat['binary_float']['p50_ms']:.2f} ms (p95 "
+          f"{flat['binary_float']['p95_ms']:.2f}), RSS {flat['rss_mb']['now']:.0f} MB; ivf "
+          f"{ivf['binary_float']['p50_ms']:.2f} ms (p95 {ivf['binary_float']['p95_ms']:.2f}), recall@100 "
+          f"{ivf['recall_at_100']:.3f}, RSS {ivf['rss_mb']['now']:.0f} MB (own {ivf['rss_mb']['anon']:.0f}), "
+          f"train {ivf['first_open_s']:.1f} s, "
+          f"reopen {ivf['reopen_s']:.2f} s", flush=True)
     return row
 
 
@@ -256,26 +306,45 @@ def bench_local(workdir: Path, n: int = 1000, reps: int = 5) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10 k and 100 k entries, no local re-ranking")
-    parser.add_argument("--queries", type=int, default=50, help="queries per measurement")
+    parser.add_argument("--max-entries", type=int, default=SIZES[-1], help="largest map (10 M: ~11 GB of disk)")
+    parser.add_argument("--queries", type=int, default=200, help="queries per measurement")
+    parser.add_argument("--skip-local", action="store_true", help="no local re-ranking section")
     parser.add_argument("--workdir", type=Path, default=None, help="where to build the maps (default: a temp dir)")
+    parser.add_argument("--serve", nargs=5, metavar=("MAP", "N", "INDEX", "QUERIES", "TRUTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        path, n, index, count, truth = args.serve
+        print(json.dumps(serve(Path(path), int(n), index, int(count), Path(truth))))
+        return
 
     mem = measure_memory_gbps()
     print(f"measured read bandwidth: {mem:.1f} GB/s (DESIGN.md: {DESIGN_MEM_GBPS} GB/s)")
-    sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
+    sizes = [n for n in SIZES if n <= (100_000 if args.quick else args.max_entries)]
+    realism = scale_codes.realism()
     tmp = Path(tempfile.mkdtemp(dir=args.workdir))
     try:
         rows = [bench_size(n, tmp, args.queries, mem) for n in sizes]
-        local = [] if args.quick else bench_local(tmp)
+        local = [] if args.quick or args.skip_local else bench_local(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     big = rows[-1]
+    million = next((r for r in rows if r["entries"] == FLOAT_EXHAUSTIVE_MAX), None)
     summary = {
         "largest_map": big["entries"],
-        "a_over_b_speedup_at_largest": big["b_over_a"],
-        "binary_stage_x_memory_bound_at_largest": big["binary_x_bound"],
+        "ivf_p50_ms_at_largest": big["ivf"]["binary_float"]["p50_ms"],
+        "ivf_p95_ms_at_largest": big["ivf"]["binary_float"]["p95_ms"],
+        "ivf_recall_at_100_at_largest": big["ivf"]["recall_at_100"],
+        "ivf_nlist_nprobe_at_largest": [big["ivf"]["nlist"], big["ivf"]["nprobe"]],
+        "ivf_binary_stage_p50_ms_at_largest": big["ivf"]["binary_stage"]["p50_ms"],
+        "ivf_rss_mb_at_largest": big["ivf"]["rss_mb"]["now"],
+        "ivf_rss_anon_mb_at_largest": big["ivf"]["rss_mb"]["anon"],
+        "flat_p50_ms_at_largest": big["flat"]["binary_float"]["p50_ms"],
+        "flat_rss_mb_at_largest": big["flat"]["rss_mb"]["now"],
+        "flat_rss_anon_mb_at_largest": big["flat"]["rss_mb"]["anon"],
         "open_ms_at_largest": big["open_ms"],
     }
+    if million is not None:
+        summary["float_exhaustive_over_binary_float_at_1M"] = million["float_exhaustive_over_flat"]
     if local:
 
         def pick(storage, k):
@@ -286,25 +355,32 @@ def main() -> None:
         summary["local_top100_speedup_vs_dense"] = pick(authors, 100) / pick("full fp16", 100)
         summary["local_top20_x_flop_bound"] = next(r["x_flop_bound"] for r in local
                                                    if r["storage"] == "full fp16" and r["k"] == 20)
-    path = save("retrieval", {"memory_gbps": mem, "rows": rows, "local": local, "summary": summary})
+    path = save("retrieval", {"memory_gbps": mem, "codes": realism, "rows": rows, "local": local,
+                              "summary": summary})
+    flat_rows = [{"entries": r["entries"], **{f"{ix}_{k}": v for ix in ("flat", "ivf")
+                                              for k, v in (("p50", r[ix]["binary_float"]["p50_ms"]),
+                                                           ("p95", r[ix]["binary_float"]["p95_ms"]),
+                                                           ("rss", r[ix]["rss_mb"]["now"]),
+                                                           ("anon", r[ix]["rss_mb"]["anon"]))},
+                  "recall": r["ivf"]["recall_at_100"], "train_s": r["ivf"]["first_open_s"],
+                  "float_exh": r["flat"].get("float_exhaustive", {}).get("p50_ms", float("nan"))} for r in rows]
     print()
     print(
         table(
-            rows,
+            flat_rows,
             [
                 ("entries", "entries", ","),
-                ("a_binary_float_ms", "(a) bin+float ms", ".2f"),
-                ("b_float_exhaustive_ms", "(b) float exh. ms", ".2f"),
-                ("b_over_a", "(b)/(a)", ".1f"),
-                ("binary_x_bound", "binary x bound", ".2f"),
-                ("c_ivf_ms", "IVF ms", ".2f"),
-                ("c_ivf_recall_at_100", "IVF R@100", ".3f"),
-                ("c_ivf_recall_at_10", "IVF R@10", ".3f"),
-                ("place_hit_at_1_a", "hit@1 (a)", ".2f"),
-                ("place_hit_at_1_b", "hit@1 (b)", ".2f"),
-                ("c_ivf_place_hit_at_1", "hit@1 IVF", ".2f"),
-                ("open_ms", "open ms", ".1f"),
-                ("bytes_per_entry", "B/entry", ","),
+                ("flat_p50", "flat p50 ms", ".2f"),
+                ("flat_p95", "flat p95 ms", ".2f"),
+                ("flat_rss", "flat RSS MB", ".0f"),
+                ("flat_anon", "flat own MB", ".0f"),
+                ("ivf_p50", "IVF p50 ms", ".2f"),
+                ("ivf_p95", "IVF p95 ms", ".2f"),
+                ("recall", "IVF R@100", ".3f"),
+                ("ivf_rss", "IVF RSS MB", ".0f"),
+                ("ivf_anon", "IVF own MB", ".0f"),
+                ("train_s", "IVF train s", ".1f"),
+                ("float_exh", "float exh. ms", ".2f"),
             ],
         )
     )

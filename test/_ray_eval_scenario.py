@@ -16,8 +16,8 @@ from selavpr_ros.cli import main as cli
 
 
 def run(dataset: str, out: Path, extra: list[str]) -> dict:
-    code = cli(["eval", "--dataset", dataset, "--out", str(out), "--batch-size", "4", "--max-queries", "60", "--quiet", "--device", "cpu",
-                *extra])
+    code = cli(["eval", "--dataset", dataset, "--out", str(out), "--batch-size", "4", "--max-queries", "60",
+                "--quiet", "--device", "cpu", *extra])
     report = json.loads((out / "report.json").read_text())
     return {"code": code, "recall": report["recall"], "pr": report["precision_recall"]}
 

@@ -148,3 +148,13 @@ def test_eval_on_a_two_node_cluster_equals_the_serial_eval(tmp_path, nordland, r
     assert serial["code"] == on_ray["code"] == 0 and report["nodes"] == 2
     assert serial["recall"] == on_ray["recall"] and serial["pr"] == on_ray["pr"]  # the same descriptors
     assert serial["recall"]["+ float re-rank"]["1"] > 20, serial
+
+
+def test_an_address_where_something_else_answers_fails_in_seconds(tmp_path, nordland, ray_ready):
+    from ray_cluster import run_isolated
+
+    bags = make_bags(tmp_path, nordland)
+    report = run_isolated(HERE / "_ray_bad_address.py", bags[0], tmp_path / "m", timeout=180)
+    assert report["code"] != 0 and not report["exists"], report
+    assert len(report["lines"]) == 1 and "cannot use the Ray cluster at 127.0.0.1:" in report["lines"][0], report
+    assert report["seconds"] < 90, report  # not Ray's default quarter of an hour of retries

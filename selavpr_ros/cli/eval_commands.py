@@ -143,7 +143,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--index", default="flat", choices=("flat", "ivf"),
                    help="binary stage: exhaustive, or the IVF of huge maps (its recall cost shows in the report)")
-    p.add_argument("--ivf-nprobe", type=int, default=32, help="IVF lists scanned per query")
+    p.add_argument("--ivf-nprobe", type=int, default=0, help="IVF lists scanned per query (0: a quarter of them)")
     g = p.add_argument_group("distributed (--executor ray; pip install 'selavpr_ros[ray]')")
     g.add_argument("--executor", default="serial", choices=("serial", "ray"),
                    help="ray: describe database and queries on a Ray cluster (images on storage every node "

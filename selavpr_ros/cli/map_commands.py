@@ -160,6 +160,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = actions.add_parser("index", help=text, description=text, formatter_class=HelpFormatter)
     a.add_argument("map", metavar="MAP", help="map directory")
     a.add_argument("--nlist", type=int, default=0, help="IVF lists (0: the power of two nearest sqrt(keyframes))")
-    a.add_argument("--nprobe", type=int, default=32, help="lists scanned per query (a search setting, not stored)")
+    a.add_argument("--nprobe", type=int, default=0, help="lists scanned per query (a search setting, not stored; "
+                                                         "0: a quarter of them)")
     a.add_argument("--retrain-growth", type=float, default=2.0, help="retrain when the map grew by this factor")
     a.set_defaults(func=cmd_index)

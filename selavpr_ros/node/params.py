@@ -108,8 +108,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               choices=("flat", "ivf"), read_only=True),
     ParamSpec("loop_closure.retrieval.ivf_nlist", 0, "IVF lists (0 = the power of two nearest sqrt(keyframes) "
               "when trained)", 0, 65536, read_only=True),
-    ParamSpec("loop_closure.retrieval.ivf_nprobe", 32, "IVF lists scanned per query: more = higher recall, slower",
-              1, 65536, read_only=True),
+    ParamSpec("loop_closure.retrieval.ivf_nprobe", 0, "IVF lists scanned per query: more = higher recall, slower "
+              "(0 = a quarter of the lists)", 0, 65536, read_only=True),
     ParamSpec("loop_closure.retrieval.ivf_retrain_growth", 2.0, "Retrain the IVF centroids when the map has grown "
               "by this factor since they were trained", 1.1, 100.0, read_only=True),
     ParamSpec("loop_closure.geometry.matcher", "keypoints", "Correspondences for the geometric stage: keypoints "

@@ -136,15 +136,26 @@ def _describe_task(checkpoint: str | None, device: str, threads: int, model_id: 
     return result
 
 
+# Ray's connection timeouts, read once when ray is imported: a driver told an address fails within seconds
+# when what answers there is not a Ray cluster (by default it retries for about a quarter of an hour).
+_CONNECT_ENV = {"RAY_gcs_rpc_server_connect_timeout_s": "2", "RAY_py_gcs_connect_timeout_s": "5",
+                "RAY_NUM_REDIS_GET_RETRIES": "2"}
+
+
 def connect(options: RayOptions) -> Any:
     """``ray`` connected to the cluster; one clear error when it is not installed or does not answer."""
+    import sys
+
+    if options.address and "ray" not in sys.modules:
+        for key, value in _CONNECT_ENV.items():
+            os.environ.setdefault(key, value)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
     except ImportError:
         raise ClusterError('--executor ray needs Ray: pip install "selavpr_ros[ray]"') from None
     if ray.is_initialized():
         return ray
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if options.address:
         _check_reachable(options.address, options.connect_timeout_s)
@@ -153,7 +164,9 @@ def connect(options: RayOptions) -> Any:
         ray.init(**kwargs)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types
         where = options.address or "a local Ray instance"
-        raise ClusterError(f"cannot use the Ray cluster at {where}: {str(exc).splitlines()[0]}") from None
+        detail = str(exc).strip().splitlines()
+        raise ClusterError(f"cannot use the Ray cluster at {where}: "
+                           f"{detail[0] if detail else type(exc).__name__}") from None
     return ray
 
 
