@@ -92,6 +92,32 @@ def test_chunks_described_apart_equal_the_serial_build(tmp_path, nordland):
         assert sum(r.report.messages for r in results) == (37 if name == "a" else 29)
     db.close()
     assert_same_map(map_rows(tmp_path / "serial"), map_rows(tmp_path / "chunked"))
+
+    # A job killed after bag a's third chunk was committed: the rerun's chunks resume after the newest keyframe.
+    with MapDatabase.open(tmp_path / "serial") as full:
+        cut = [r for r in full.iterate() if r.session == "a"][6]  # a keyframe inside chunk 2 (messages 14-20)
+    windows = plan_chunks(bags[0], "/camera/image_raw", 7, splittable=True)
+    db = open_map(tmp_path / "resumed", ex, "mapping", None)
+    first = [describe_chunk(ex, ChunkJob(str(bags[0]), "a", i, w, "/camera/image_raw", "/odom", None, None, GATE,
+                                         0.5, 4, "", "auto", None, 3, 7, None)) for i, w in enumerate(windows)]
+    for result in first:
+        for desc, records, kps in result.groups:
+            keep = [j for j, r in enumerate(records) if r.stamp_ns <= cut.stamp_ns]
+            if keep:  # the commits that happened before the kill (a group is atomic: cut inside one only here)
+                _MapSink(db, "a")(desc[np.asarray(keep)], [records[j] for j in keep], [kps[j] for j in keep])
+    newest = db.newest_keyframe("a")
+    assert newest is not None and newest[0].stamp_ns == cut.stamp_ns
+    rerun = [describe_chunk(ex, ChunkJob(str(bags[0]), "a", i, w, "/camera/image_raw", "/odom", None, None, GATE,
+                                         0.5, 4, "", "auto", None, 3, 7, newest)) for i, w in enumerate(windows)]
+    assert sum(r.report.already_in_map for r in rerun) > 0 and not rerun[0].groups and not rerun[1].groups
+    for result in rerun:
+        for desc, records, kps in result.groups:
+            _MapSink(db, "a")(desc, records, kps)
+    db.close()
+    resumed, serial_a = map_rows(tmp_path / "resumed"), map_rows(tmp_path / "serial")
+    n_a = serial_a["sessions"]["a"]
+    assert resumed["stamps"] == serial_a["stamps"][:n_a]  # the same keyframes, none twice
+    np.testing.assert_array_equal(resumed["codes"], serial_a["codes"][:n_a])
     assert any(map_rows(tmp_path / "serial")["keypoints"])  # bag a's CameraInfo: ORB keypoints stored
 
 
