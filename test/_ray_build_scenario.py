@@ -48,7 +48,6 @@ def main() -> None:
                                            on_chunk=on_chunk, **kw)
         report.update(build_s=round(time.monotonic() - t1, 2), failed=failed, killed=cluster.worker_killed,
                       nodes_used=len(set(nodes)), chunks=len(nodes),
-                      chunks_after_kill_on_worker=sum(n == cluster.worker_id for n in nodes[args.kill_after:]),
                       added=[r.added for r in reports], bad_frames=[r.bad_frames for r in reports])
         if args.failing:
             def vanish(job, result) -> None:

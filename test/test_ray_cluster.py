@@ -26,5 +26,3 @@ def test_two_node_cluster_spreads_tasks_and_retries_on_a_crashed_node():
     assert report["first_attempt_nodes"] == [worker]
     assert report["result"] == {"node": head, "attempts": 2}
     assert report["alive_after"] == [head]
-    assert report["failover_s"] < 30, report
-    assert report["elapsed_s"] < 60, report
