@@ -198,6 +198,8 @@ def test_map_index_command_and_node_parameters(tmp_path, capsys):
     assert "IVF trained, 64 lists over 5000 keyframes" in out
     assert main(["map", "index", str(tmp_path / "map")]) == 0
     assert "IVF up to date" in capsys.readouterr().out  # the second open reuses the file
+    assert main(["map", "stats", str(tmp_path / "map")]) == 0
+    assert "ivf index  64 lists over 5000 keyframes, centroids from 5000" in capsys.readouterr().out
     params = validate({"loop_closure.retrieval.index": "ivf", "loop_closure.retrieval.ivf_nprobe": 8})
     retrieval = loop_closure_config(params).retrieval
     assert retrieval.index == "ivf" and retrieval.ivf_nprobe == 8 and retrieval.ivf_retrain_growth == 2.0

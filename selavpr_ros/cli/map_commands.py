@@ -42,8 +42,13 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from selavpr_ros.retrieval.ivf import INDEX_DIR, IndexRecord
+
     with MapDatabase.open(args.map, "r") as db:
         stats = db.stats()
+        record = IndexRecord.read(db.path / INDEX_DIR / "ivf.json")
+        current = record is not None and record.generation == db.info.generation and record.model_id == db.model_id
+    stats["ivf_index"] = None if record is None else {**record.__dict__, "current": current}
     if args.json:
         print(json_text(stats, indent=2))
         return 0
@@ -67,6 +72,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     per = ", ".join(f"{k} {v}" for k, v in stats["bytes_per_entry"].items())
     print(f"bytes      {stats['bytes_per_entry_total']} per entry ({per})")
     print(f"time span  {stats['time_span_s']:.1f} s")
+    if record is None:
+        print("ivf index  none (retrieval.index: ivf trains one on first use; `map index` does it now)")
+    else:
+        state = "" if current else ", out of date (rebuilt from its centroids on the next open)"
+        print(f"ivf index  {record.nlist} lists over {record.rows} keyframes, centroids from {record.trained_rows}"
+              f"{state}")
     return 0
 
 
