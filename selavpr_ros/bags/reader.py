@@ -166,6 +166,11 @@ def image_connections(reader: AnyReader, topic: str) -> list[Connection]:
     return conns
 
 
+def image_count(reader: AnyReader, topic: str) -> int:
+    """Image messages on ``topic`` (from the bag's index: nothing is read)."""
+    return sum(c.msgcount for c in image_connections(reader, topic))
+
+
 def _source(conn: Connection, fallback: str) -> str:
     path = getattr(conn.owner, "path", None)
     return str(path) if path is not None else fallback

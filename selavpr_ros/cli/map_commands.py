@@ -110,13 +110,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     import time
 
     from selavpr_ros.retrieval.config import RetrievalConfig
+    from selavpr_ros.retrieval.ivf import IVFHammingIndex
     from selavpr_ros.retrieval.retriever import Retriever
 
     config = RetrievalConfig(index="ivf", ivf_nlist=args.nlist, ivf_nprobe=args.nprobe,
                              ivf_retrain_growth=args.retrain_growth)
     t0 = time.perf_counter()
-    from selavpr_ros.retrieval.ivf import IVFHammingIndex
-
     with MapDatabase.open(args.map, "w") as db:
         index = Retriever(db, config).hamming_index
     assert isinstance(index, IVFHammingIndex)  # config.index is "ivf"

@@ -11,9 +11,10 @@ missing. Keyframes are committed in small groups, each atomically.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from selavpr_ros.bags.poses import PoseTrack, load_pose_track
 from selavpr_ros.bags.reader import (
     StampedLookup,
     camera_info_topic,
-    image_connections,
+    image_count,
     iter_images,
     load_camera_track,
     open_bags,
@@ -98,12 +99,9 @@ def build_map(
     ``max_similarity`` < 1, since each descriptor decides the next keyframe). Batching changes
     no result: the gate decides on time and motion before any descriptor exists.
     """
-    names = check_inputs(bags, image_topic, sessions, pose_topic, base_frame, map_frame, batch_size, chunk_images)
-    out = Path(out)
-    created = not out.exists()
-    db = open_map(out, extractor, "mapping", storage)
+    names, _ = check_inputs(bags, image_topic, sessions, pose_topic, base_frame, map_frame, batch_size, chunk_images)
     reports = []
-    try:
+    with writing_map(out, extractor, storage) as db:
         for bag, name in zip(bags, names):
             geometry = _Geometry(camera_info, keypoints, depth_topic)
             sink = _MapSink(db, name)
@@ -112,31 +110,45 @@ def build_map(
                                          map_frame, gate or KeyframeGateConfig(), max_pose_gap_s, commit_every,
                                          progress, geometry, batch_size, newest=db.newest_keyframe(name),
                                          images=images, chunk_images=chunk_images))
-    except BaseException:
-        empty = db.count == 0
-        db.close()
-        if created and empty:  # this run made the folder and put nothing in it: leave no empty map behind
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    db.close()
     return reports
 
 
+@contextlib.contextmanager
+def writing_map(out: str | Path, extractor: Extractor, storage: StorageConfig | None) -> Iterator[MapDatabase]:
+    """The map at ``out`` opened for mapping (created when absent), closed after; a run that made the
+    folder and put nothing in it leaves no empty map behind."""
+    out = Path(out)
+    created = not out.exists()
+    db = open_map(out, extractor, "mapping", storage)
+    try:
+        yield db
+    except BaseException:
+        empty = db.count == 0
+        db.close()
+        if created and empty:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    db.close()
+
+
 def check_inputs(bags: list[str | Path], image_topic: str, sessions: list[str] | None, pose_topic: str | None,
-                 base_frame: str | None, map_frame: str | None, batch_size: int, chunk_images: int) -> list[str]:
-    """Check every bag before the map is created or touched; returns the session names."""
+                 base_frame: str | None, map_frame: str | None, batch_size: int,
+                 chunk_images: int) -> tuple[list[str], list[int]]:
+    """Check every bag before the map is created or touched; returns the session names and each
+    bag's image messages."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if chunk_images < 1:
         raise ValueError(f"chunk_images must be >= 1, got {chunk_images}")
     if sessions is not None and len(sessions) != len(bags):
         raise BagError(f"{len(sessions)} session names for {len(bags)} bags")
+    counts = []
     for bag in bags:
         with open_bags([bag]) as reader:
-            image_connections(reader, image_topic)
+            counts.append(image_count(reader, image_topic))  # BagError when the topic is missing
             if pose_topic:
                 load_pose_track(reader, pose_topic, base_frame=base_frame, map_frame=map_frame)
-    return list(sessions) if sessions else [session_name(Path(b)) for b in bags]
+    return (list(sessions) if sessions else [session_name(Path(b)) for b in bags]), counts
 
 
 class _MapSink:
@@ -240,10 +252,10 @@ def build_session(sink: Callable[[Descriptors, list[KeyframeRecord], list[Keypoi
                 continue
             if appearance:
                 gate.accept(r.record.stamp_ns, desc.descriptors[i], r.record.pose)
-            if image_dir is not None and images is not None:
-                path = image_dir / f"{r.record.stamp_ns}.jpg"
-                Image.fromarray(r.rgb).save(path, quality=92)
-                r.record.image_ref = str(path.relative_to(images))
+            if image_dir is not None:
+                name = f"{r.record.stamp_ns}.jpg"
+                Image.fromarray(r.rgb).save(image_dir / name, quality=92)
+                r.record.image_ref = f"images/{session}/{name}"
             if geometry.track is not None and r.record.camera is None:
                 report.without_camera += 1
                 report.camera_problem = report.camera_problem or r.camera_problem
@@ -264,7 +276,7 @@ def build_session(sink: Callable[[Descriptors, list[KeyframeRecord], list[Keypoi
             pending_kp.clear()
 
     with open_bags([bag]) as reader:
-        total = sum(c.msgcount for c in image_connections(reader, image_topic))
+        total = image_count(reader, image_topic)
         track: PoseTrack | None = None
         if pose_topic:
             track = load_pose_track(reader, pose_topic, base_frame=base_frame, map_frame=map_frame)

@@ -27,16 +27,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from selavpr_ros.bags.reader import image_connections, open_bags
 from selavpr_ros.errors import ClusterError
 from selavpr_ros.geometry.features import KeypointConfig, Keypoints
 from selavpr_ros.inference.base import Extractor
@@ -49,6 +47,7 @@ from selavpr_ros.offline.build_map import (
     _MapSink,
     build_session,
     check_inputs,
+    writing_map,
 )
 from selavpr_ros.types import Descriptors, KeyframeRecord
 
@@ -185,10 +184,9 @@ def _check_reachable(address: str, timeout_s: float) -> None:
         raise ClusterError(f"no Ray cluster answers at {address}: {exc.strerror or exc}") from None
 
 
-def plan_chunks(bag: str | Path, image_topic: str, chunk_images: int, splittable: bool) -> list[tuple[int, int | None]]:
-    """Message windows of a bag: ``chunk_images`` each (one window when the gate reads appearance)."""
-    with open_bags([bag]) as reader:
-        total = sum(c.msgcount for c in image_connections(reader, image_topic))
+def plan_chunks(total: int, chunk_images: int, splittable: bool) -> list[tuple[int, int | None]]:
+    """Message windows of a bag of ``total`` images: ``chunk_images`` each (one window when the gate
+    reads appearance)."""
     if not splittable or total <= chunk_images:
         return [(0, None)]
     n = math.ceil(total / chunk_images)
@@ -222,28 +220,24 @@ def build_map_on_ray(
     """:func:`~selavpr_ros.offline.build_map.build_map` on a Ray cluster; returns the per-bag reports
     and ``{bag: error}`` for bags that failed (their earlier chunks stay committed).
     ``on_chunk`` is called after each chunk is committed."""
-    from selavpr_ros.node.pipeline import open_map
-
     options = options or RayOptions()
     gate = gate or KeyframeGateConfig()
-    names = check_inputs(bags, image_topic, sessions, pose_topic, base_frame, map_frame, batch_size, chunk_images)
+    names, counts = check_inputs(bags, image_topic, sessions, pose_topic, base_frame, map_frame, batch_size,
+                                 chunk_images)
     ray = connect(options)  # before the map: an unreachable cluster leaves nothing behind
     task, workers = _task(ray, options, checkpoint, device, extractor.model_id)
-    out = Path(out)
-    created = not out.exists()
-    db = open_map(out, extractor, "mapping", storage)
     reports: dict[str, SessionReport] = {}
     failed: dict[str, str] = {}
-    try:
+    with writing_map(out, extractor, storage) as db:
         jobs = []
-        for bag, name in zip(bags, names):
+        for bag, name, total in zip(bags, names, counts):
             reports[str(bag)] = SessionReport(name, str(bag))
             newest = db.newest_keyframe(name)
-            windows = plan_chunks(bag, image_topic, chunk_images, gate.max_similarity >= 1.0)
+            windows = plan_chunks(total, chunk_images, gate.max_similarity >= 1.0)
             jobs += [ChunkJob(str(bag), name, i, w, image_topic, pose_topic, base_frame, map_frame, gate,
                               max_pose_gap_s, commit_every, camera_info, keypoints, depth_topic, batch_size,
                               chunk_images, newest) for i, w in enumerate(windows)]
-        bar = tqdm(total=count_images(bags, image_topic), desc="build-map (ray)", unit="img", disable=not progress)
+        bar = tqdm(total=sum(counts), desc="build-map (ray)", unit="img", disable=not progress)
         for job, outcome in _run_in_order(ray, task, workers, jobs):
             if job.bag in failed:
                 continue
@@ -260,23 +254,7 @@ def build_map_on_ray(
             if on_chunk is not None:
                 on_chunk(job, outcome)
         bar.close()
-    except BaseException:
-        empty = db.count == 0
-        db.close()
-        if created and empty:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    db.close()
     return list(reports.values()), failed
-
-
-def count_images(bags: list[str | Path], image_topic: str) -> int:
-    """Image messages in all bags (for the progress bar)."""
-    total = 0
-    for bag in bags:
-        with open_bags([bag]) as reader:
-            total += sum(c.msgcount for c in image_connections(reader, image_topic))
-    return total
 
 
 def _first_line(exc: BaseException) -> str:
@@ -288,8 +266,10 @@ def _first_line(exc: BaseException) -> str:
 def _accumulate(total: SessionReport, part: SessionReport | None) -> None:
     if part is None:
         return
-    for name in ("messages", "bad_frames", "already_in_map", "gated_out", "added", "without_pose", "without_camera"):
-        setattr(total, name, getattr(total, name) + getattr(part, name))
+    for f in fields(SessionReport):
+        value = getattr(part, f.name)
+        if isinstance(value, int):  # the counters
+            setattr(total, f.name, getattr(total, f.name) + value)
     total.camera_problem = total.camera_problem or part.camera_problem
     total.errors += part.errors[: max(0, 10 - len(total.errors))]
 

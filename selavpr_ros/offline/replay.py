@@ -28,7 +28,7 @@ from selavpr_ros.bags.poses import TFMESSAGE, load_pose_track
 from selavpr_ros.bags.reader import (
     StampedLookup,
     camera_info_topic,
-    image_connections,
+    image_count,
     iter_images,
     load_camera_track,
     open_bags,
@@ -112,7 +112,7 @@ def replay(bag: str | Path, image_topic: str, pipeline: VPRPipeline, progress: b
     with open_bags([bag]) as reader:
         if pipeline.params["edges.base_frame"] and pipeline.mount_lookup is None:
             pipeline.mount_lookup = mount_lookup(static_transforms(reader), pipeline.params["edges.base_frame"])
-        total = sum(c.msgcount for c in image_connections(reader, image_topic))
+        total = image_count(reader, image_topic)
         cameras = None
         if camera_info is not None:
             cameras = load_camera_track(reader, camera_info or camera_info_topic(image_topic),

@@ -16,9 +16,11 @@ from selavpr_ros.threads import search_threads
 
 
 def hamming_distances(query: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Exact Hamming distances of one packed query code to many (NumPy; for checks and small sets)."""
+    """Exact Hamming distances of one packed query code to many (NumPy, int64)."""
     x = np.bitwise_xor(codes, query[None, :])
-    return np.unpackbits(x, axis=1).sum(axis=1)
+    if hasattr(np, "bitwise_count") and x.shape[1] % 8 == 0:  # NumPy 2: one popcount per 64-bit word
+        return np.bitwise_count(x.view(np.uint64)).sum(axis=1, dtype=np.int64)
+    return np.unpackbits(x, axis=1).sum(axis=1, dtype=np.int64)
 
 
 def row_selector(allowed: np.ndarray | None):
@@ -32,8 +34,6 @@ def row_selector(allowed: np.ndarray | None):
 
 class HammingIndex:
     """Binary codes of a map, searched exhaustively by Hamming distance (exact)."""
-
-    kind = "flat"
 
     def __init__(self, bits: int) -> None:
         self.bits = bits

@@ -40,6 +40,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from selavpr_ros.retrieval.hamming import hamming_distances
 from selavpr_ros.threads import search_threads
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,6 @@ class IVFHammingIndex:
     ``model_id`` tie the persisted file to the map it indexes. Rows are map
     rows, added in order with :meth:`add` like :class:`~selavpr_ros.retrieval.hamming.HammingIndex`.
     """
-
-    kind = "ivf"
 
     def __init__(self, bits: int, settings: IVFSettings | None = None, folder: Path | None = None,
                  generation: int = 0, model_id: str = "", map_rows: int | None = None) -> None:
@@ -340,7 +339,6 @@ class IVFHammingIndex:
         dist = np.full((len(queries), k), np.iinfo(np.int32).max, np.int32)
         rows = np.full((len(queries), k), -1, np.int64)
         for qi, lists in enumerate(probe):
-            q = queries[qi].view(np.uint64)
             got_d, got_r = [], []
             for lst in lists[lists >= 0]:
                 size = invlists.list_size(int(lst))
@@ -351,13 +349,13 @@ class IVFHammingIndex:
                 if not keep.any():
                     continue
                 codes = faiss.rev_swig_ptr(invlists.get_codes(int(lst)), size * width).reshape(size, width)[keep]
-                got_d.append(np.bitwise_count(codes.view(np.uint64) ^ q).sum(1, dtype=np.int32))
+                got_d.append(hamming_distances(queries[qi], codes))
                 got_r.append(ids[keep])
             if not got_d:
                 continue
             d, r = np.concatenate(got_d), np.concatenate(got_r)
             top = np.lexsort((r, d))[:k]
-            dist[qi, : len(top)], rows[qi, : len(top)] = d[top], r[top]
+            dist[qi, : len(top)], rows[qi, : len(top)] = d[top].astype(np.int32), r[top]
         return dist, rows
 
 
