@@ -50,3 +50,17 @@ def test_create_refuses_a_planted_database_link(tmp_path):
     with pytest.raises(MapError, match="symbolic link"):
         MapDatabase.create(m, LAYOUT, "links:test")
     assert not (tmp_path / "elsewhere.sqlite").exists()
+
+
+def test_a_link_planted_in_the_index_folder_is_refused(tmp_path):
+    """The IVF is written as index/ivf.faissbin.tmp, then renamed: a planted link there would aim the write."""
+    m = tmp_path / "map"
+    make_map(m)
+    (m / "index").mkdir()
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"precious" * 1000)
+    (m / "index" / "ivf.faissbin.tmp").symlink_to(victim)
+    for mode in ("w", "r"):
+        with pytest.raises(MapError, match=r"index/ivf.faissbin.tmp: map entry is a symbolic link"):
+            MapDatabase.open(m, mode)
+    assert victim.read_bytes() == b"precious" * 1000

@@ -96,7 +96,8 @@ _KEYFRAME_COLUMNS = (
 def _refuse_links(path: Path) -> None:
     """Refuse a map folder holding symbolic links: map tools write, truncate and lock these files,
     and a planted link would turn them against files outside the map."""
-    for entry in (*path.iterdir(), *((path / "images").iterdir() if (path / "images").is_dir() else ())):
+    subfolders = ("images", "index")  # keyframe images; the retrieval index (selavpr_ros.retrieval.ivf)
+    for entry in (*path.iterdir(), *(e for sub in subfolders if (path / sub).is_dir() for e in (path / sub).iterdir())):
         if entry.is_symlink():
             raise MapError(
                 f"{entry}: map entry is a symbolic link (to {os.readlink(entry)}); map files must be regular files "
