@@ -1,10 +1,11 @@
-"""Latency on a shared robot CPU: idle, and next to a competing load, with default and bounded threads.
+"""Latency on a shared robot CPU: idle, and next to a competing load, with wide and bounded threads.
 
 A robot's computer also runs SLAM, drivers and planners. Each workload runs in a fresh process (thread
-pools are per process), with the package's defaults (every pool as wide as the machine) and with a
-thread budget of one (``--threads 1``, what ``threads: 1`` gives the node), once on an idle machine and
-once next to a competing load (one busy process per core, started before and stopped after). Medians of
-repeated runs after warm-up, side by side in one run; the slowdown is loaded / idle.
+pools are per process), with every pool as wide as the machine (what the libraries do by default) and
+with the node's default budget (``threads: 0``: half the cores, at least one; and ``threads: 1`` where
+that differs), once on an idle machine and once next to a competing load (one busy process per core,
+started before and stopped after). Medians of repeated runs after warm-up, side by side in one run; the
+slowdown is loaded / idle.
 
 Workloads: the node's per-frame work (decode, describe with the built-in model, search a 200-keyframe
 map, judge), a binary top-100 search in a 200-entry and a 100,000-entry map, and a ViT-S/14 frame at
@@ -27,10 +28,8 @@ from _common import ROOT, save, table
 WORKER = r"""
 import json, sys, time, statistics
 import numpy as np
-threads = int(sys.argv[1])
-if threads:
-    from selavpr_ros.threads import set_thread_budget
-    set_thread_budget(threads)
+from selavpr_ros.threads import node_threads, set_thread_budget
+set_thread_budget(node_threads(int(sys.argv[1])))  # as the node does at start-up (0: its default)
 
 def median_ms(fn, repeats, warmup=3):
     for _ in range(warmup):
@@ -115,7 +114,11 @@ def run(threads: int, loaded: bool) -> dict:
 
 
 def main() -> None:
-    settings = {"default (every pool as wide as the machine)": 0, "threads 1": 1}
+    cores = os.cpu_count() or 1
+    settings = {f"every pool as wide as the machine (threads: {cores})": cores,
+                f"node default (threads: 0 = half the cores, {max(1, cores // 2)} here)": 0}
+    if cores // 2 > 1:
+        settings["threads: 1"] = 1
     results = {}
     for label, threads in settings.items():
         for loaded in (False, True):

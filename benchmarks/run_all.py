@@ -41,12 +41,25 @@ def _extract_authors(d: dict) -> str:
     return (f"{d['model']}, {d['input']} x {d['input']}, batch {d['batch']}, one call of each path in turn "
             f"({d['repeats']} rounds, same input, {d['machine']['torch_threads']} threads); FLOP bound: "
             f"{d['gflop_per_frame']:.1f} GFLOP at this machine's measured fp32 matmul peak "
-            f"({d['peak']['peak_gflops']:.0f} GFLOP/s) = {d['bound_ms']:.0f} ms; outputs against the authors' "
+            f"({d.get('peak_gflops', d['peak']['peak_gflops']):.0f} GFLOP/s"
+            + (", median of a probe in every round" if "peak_gflops_per_round" in d else "")
+            + f") = {d['bound_ms']:.0f} ms; outputs against the authors' "
             f"({d['code_bits']}-bit codes):\n\n"
             + table(rows, [("path", "path", ""), ("median_ms", "median ms", ".1f"), ("spread", "p10-p90 ms", ""),
                            ("x_authors", "x faster than the authors'", ".2f"), ("x_flop_bound", "x FLOP bound", ".2f"),
                            ("float_max_abs_vs_authors", "float max abs diff", ".1e"),
-                           ("code_bits_differing", "code bits differing", "")]))
+                           ("code_bits_differing", "code bits differing", "")])
+            + _fp32_profile(d))
+
+
+def _fp32_profile(d: dict) -> str:
+    prof = d.get("onnx_fp32_profile")
+    if not prof:
+        return ""
+    ops = ", ".join(f"{k} {v:.0f}" for k, v in list(prof["by_op_ms"].items())[:6])
+    return (f"\n\nONNX Runtime fp32 by operator (its profiler, {prof['runs']} frames): matrix products (MatMul, "
+            f"Gemm, Conv) take {prof['matrix_products_ms']:.0f} ms of {prof['total_ms']:.0f} ms ({ops} ms); "
+            f"1.5x the authors' speed would need {d['ms_for_1_5x_authors']:.0f} ms for the whole frame.")
 
 
 def _retrieval(d: dict) -> str:
@@ -88,7 +101,9 @@ def _retrieval(d: dict) -> str:
     local = d.get("local") or []
     if local:
         out += "\n\nLocal re-rank (per query; x FLOP bound: against K x 3721 x 3721 x 128 multiply-adds at this " \
-               "machine's measured fp32 matmul peak; peak: memory the search allocated):\n\n" + table(
+               "machine's fp32 matmul peak, probed just before each timed re-rank, median of the pairs; peak: " \
+               "memory the search allocated" + (f"; `--local-only` run of {d['local_date']}" if d.get("local_date")
+                                                 else "") + "):\n\n" + table(
                    local, [("storage", "storage", ""), ("k", "top-k", ""), ("local_ms", "ms", ".0f"),
                            ("x_flop_bound", "x FLOP bound", ".2f"), ("peak_bytes", "peak bytes", ","),
                            ("bytes_per_entry", "bytes / entry", ",")])
@@ -250,7 +265,8 @@ SUMMARIES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "extract": ("Descriptor extraction (random weights, ms per frame, batch 1)", _extract),
     "extract_authors": ("Extraction against the authors' SelaVPR++ code, side by side", _extract_authors),
     "retrieval": ("Map search per query", _retrieval),
-    "cpu_share": ("A shared robot CPU: idle vs a competing load, default vs bounded threads", _cpu_share),
+    "cpu_share": ("A shared robot CPU: idle vs a competing load, pools as wide as the machine vs the node's budget",
+                  _cpu_share),
     "offline": ("Offline work: build-map batches, replay memory against bag length", _offline),
     "build_map_scale": ("Map building: serial against Ray workers", _build_map_scale),
     "train": ("Training step: in-block vs side adapters vs trunk cache", _train),

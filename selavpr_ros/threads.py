@@ -48,6 +48,16 @@ def set_thread_budget(threads: int | None = None) -> int:
     return n
 
 
+def node_threads(requested: int = 0) -> int:
+    """The node's budget: ``requested``; with 0 the budget the process already has (``selavpr-ros
+    --threads``), else half the cores (at least one), leaving the rest to SLAM, drivers and planners.
+    Next to a load on every core, pools as wide as the machine slow the node's frame far more than
+    half of them do (``benchmarks/cpu_share.py``)."""
+    if requested > 0:
+        return requested
+    return _budget or max(1, (os.cpu_count() or 1) // 2)
+
+
 def search_threads(entries: int) -> int:
     """Threads for one binary search over ``entries`` codes."""
     return 1 if entries < SMALL_MAP else thread_budget()

@@ -155,6 +155,18 @@ def test_local_stage_with_a_selavpr_model(tmp_path, subset):
     assert "local" in report["stage_ms"]["+ local re-rank"] and report["queries"] == 40
     assert (out / "local_matches.png").is_file()
 
+    # The database stored as a map would store it: local features pooled 2 x 2 in int8 (5 x 13 -> 2 x 6 cells
+    # of 16 values, one byte each); the float stage does not change, the local one is measured on them.
+    pooled = tmp_path / "pooled"
+    assert main(["eval", "--dataset", str(subset), "--checkpoint", str(tmp_path / "sela.ckpt"), "--stages",
+                 "binary,float,local", "--out", str(pooled), "--quiet", "--device", "cpu", "--max-queries", "40",
+                 "--local-k", "5", "--local-pool", "2", "--local-dtype", "int8"]) == 0
+    small = json.loads((pooled / "report.json").read_text())
+    assert report["bytes_per_entry"]["local"] == 5 * 13 * 16 * 2
+    assert small["bytes_per_entry"]["local"] == 2 * 6 * 16
+    assert small["recall"]["+ float re-rank"] == report["recall"]["+ float re-rank"]
+    assert set(small["recall"]["+ local re-rank"]) == set(report["recall"]["+ local re-rank"])
+
 
 def test_eval_bad_inputs(tmp_path, subset):
     assert main(["eval", "--dataset", str(tmp_path / "nowhere"), "--quiet"]) == 1

@@ -49,6 +49,26 @@ def test_the_budget_reaches_loaded_and_later_libraries_and_the_node(tmp_path):
     assert node == {"torch": 1}
 
 
+def test_the_node_leaves_cores_to_others_by_default(tmp_path, monkeypatch):
+    """threads: 0 is half the cores (at least one) for the node, unless `selavpr-ros --threads` set a budget."""
+    code = f"""
+        import json, os, torch
+        from selavpr_ros.cli import main
+        from selavpr_ros.node.params import validate
+        from selavpr_ros.node.pipeline import VPRPipeline
+        from selavpr_ros.threads import thread_budget
+        if os.environ.get("CLI_THREADS"):
+            main(["--threads", os.environ["CLI_THREADS"], "map", "stats", "/nonexistent"])
+        p = VPRPipeline(validate({{"map_path": {str(tmp_path / 'map')!r}, "device": "cpu"}}))
+        p.close()
+        print(json.dumps({{"torch": torch.get_num_threads(), "budget": thread_budget(), "cores": os.cpu_count()}}))
+    """
+    default = _run(code)
+    assert default["torch"] == default["budget"] == max(1, default["cores"] // 2)
+    monkeypatch.setenv("CLI_THREADS", "3")
+    assert _run(code)["budget"] == 3
+
+
 def test_small_maps_search_on_one_thread():
     assert search_threads(10) == search_threads(SMALL_MAP - 1) == 1
     assert search_threads(SMALL_MAP) == thread_budget() >= 1

@@ -15,7 +15,7 @@ import sys
 from selavpr_ros._version import __version__
 from selavpr_ros.errors import SelaVPRError
 
-__all__ = ["HelpFormatter", "build_parser", "json_text", "main"]
+__all__ = ["HelpFormatter", "add_storage_arguments", "build_parser", "json_text", "main", "storage_from_args"]
 
 COMMAND_MODULES = (
     "selavpr_ros.cli.model_commands",
@@ -55,6 +55,19 @@ def json_text(obj, indent: int | None = 1) -> str:
         return x
 
     return json.dumps(clean(obj), indent=indent)
+
+
+def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a map stores descriptors (``StorageConfig``): build-map writes a map so, eval measures it."""
+    parser.add_argument("--float-dtype", default="float16", choices=("float16", "float32"))
+    parser.add_argument("--local-dtype", default="float16", choices=("float16", "float32", "int8", "none"))
+    parser.add_argument("--local-pool", type=int, default=1, help="store local features pooled k x k")
+
+
+def storage_from_args(args: argparse.Namespace):
+    from selavpr_ros.mapdb.records import StorageConfig
+
+    return StorageConfig(float_dtype=args.float_dtype, local_dtype=args.local_dtype, local_pool=args.local_pool)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from selavpr_ros.cli import json_text
+from selavpr_ros.cli import add_storage_arguments, json_text, storage_from_args
 from selavpr_ros.inference.base import DEVICES
 
 BUILD_DESCRIPTION = """\
@@ -43,13 +43,12 @@ def _positive(text: str) -> int:
 def cmd_build_map(args: argparse.Namespace) -> int:
     from selavpr_ros.geometry.features import KeypointConfig
     from selavpr_ros.loop_closure.config import KeyframeGateConfig
-    from selavpr_ros.mapdb.records import StorageConfig
     from selavpr_ros.offline.build_map import build_map
 
     gate = KeyframeGateConfig(args.min_interval, args.min_translation, args.min_rotation, args.max_similarity)
     keypoints = args.keypoints if args.keypoints in ("auto", "none") else \
         KeypointConfig(detector=args.keypoints, max_keypoints=args.max_keypoints)
-    storage = StorageConfig(float_dtype=args.float_dtype, local_dtype=args.local_dtype, local_pool=args.local_pool)
+    storage = storage_from_args(args)
     common = dict(pose_topic=args.pose_topic, base_frame=args.base_frame, map_frame=args.map_frame,
                   sessions=args.session, gate=gate, storage=storage, max_pose_gap_s=args.max_pose_gap,
                   progress=not args.quiet, camera_info=None if args.camera_info == "none" else args.camera_info,
@@ -156,9 +155,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--workers", type=int, default=0, help="workers (0: the cluster's CPUs / --worker-threads, or "
                                                           "one per GPU)")
     g.add_argument("--worker-threads", type=_positive, default=1, help="CPU threads per worker")
-    p.add_argument("--float-dtype", default="float16", choices=("float16", "float32"))
-    p.add_argument("--local-dtype", default="float16", choices=("float16", "float32", "int8", "none"))
-    p.add_argument("--local-pool", type=int, default=1, help="store local features pooled k x k")
+    add_storage_arguments(p)
     p.add_argument("--save-images", action="store_true", help="keep keyframe images (for training and reports)")
     p.add_argument("--keypoints", default="auto", choices=("auto", "orb", "sift", "none"),
                    help="keyframe keypoints for the geometric stage (ORB 36 B, SIFT 132 B each); auto: ORB when the "

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from selavpr_ros.cli import add_storage_arguments, storage_from_args
 from selavpr_ros.errors import ConfigError
 from selavpr_ros.inference.base import DEVICES
 
@@ -77,7 +78,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     report, extras = evaluate(extractor, ev, stages, batch_size=args.batch_size, k=args.k, local_k=args.local_k,
                               progress=not args.quiet, geometry=geometry, geometric_k=args.geometric_k,
-                              hfov_deg=args.hfov, retrieval=retrieval, describe=describe)
+                              hfov_deg=args.hfov, retrieval=retrieval, describe=describe,
+                              storage=storage_from_args(args))
     json_path, md_path = write_report(report, extras, ev, Path(args.out), args.query)
     print(md_path.read_text().split("\n## ")[0])
     if args.target_precision is not None:
@@ -144,6 +146,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", default="flat", choices=("flat", "ivf"),
                    help="binary stage: exhaustive, or the IVF of huge maps (its recall cost shows in the report)")
     p.add_argument("--ivf-nprobe", type=int, default=0, help="IVF lists scanned per query (0: a quarter of them)")
+    g = p.add_argument_group("map storage (as build-map would store the database; the report shows what "
+                             "pooled or int8 local features cost in recall)")
+    add_storage_arguments(g)
     g = p.add_argument_group("distributed (--executor ray; pip install 'selavpr_ros[ray]')")
     g.add_argument("--executor", default="serial", choices=("serial", "ray"),
                    help="ray: describe database and queries on a Ray cluster (images on storage every node "

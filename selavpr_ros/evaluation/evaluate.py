@@ -37,6 +37,7 @@ from selavpr_ros.evaluation.recall import recall_at
 from selavpr_ros.geometry.estimation import RelativePose, VerificationConfig, pose_errors, relative_from_poses
 from selavpr_ros.inference.base import Extractor
 from selavpr_ros.mapdb.database import MapDatabase
+from selavpr_ros.mapdb.records import StorageConfig
 from selavpr_ros.retrieval.config import STAGE_ORDER, RetrievalConfig, Stage
 from selavpr_ros.retrieval.retriever import Retriever
 from selavpr_ros.retrieval.verification import QueryView, Verifier, grid_pixels
@@ -198,7 +199,8 @@ def evaluate(extractor: Extractor, ev: EvalSet, stages: Sequence[Stage], ns: tup
              batch_size: int = 32, k: int = 100, local_k: int = 20, work_dir: Path | None = None,
              progress: bool = True, geometry: VerificationConfig | None = None, geometric_k: int = 5,
              hfov_deg: float = 60.0, retrieval: RetrievalConfig | None = None,
-             describe: Callable[[list, int, bool], Descriptors] | None = None) -> tuple[EvalReport, dict[str, Any]]:
+             describe: Callable[[list, int, bool], Descriptors] | None = None,
+             storage: StorageConfig | None = None) -> tuple[EvalReport, dict[str, Any]]:
     """Recall, precision-recall, latency and size figures for ``stages`` (any of binary, float,
     local, geometric, reported in that order).
 
@@ -206,7 +208,8 @@ def evaluate(extractor: Extractor, ev: EvalSet, stages: Sequence[Stage], ns: tup
     retrieval stage with ``geometry``; image folders carry no calibration, so
     each image gets an ideal pinhole of ``hfov_deg`` horizontal field of view.
     ``retrieval`` supplies the binary index settings (``index``, ``ivf_*``); ``describe(paths,
-    batch_size, progress)`` replaces ``extractor.extract`` (e.g. on a Ray cluster).
+    batch_size, progress)`` replaces ``extractor.extract`` (e.g. on a Ray cluster). ``storage`` is how the
+    database is stored (a map's ``StorageConfig``: pooled or int8 local features, fp32 floats).
     """
     if ev.queries_without_match == len(ev.queries):
         raise DatasetError(f"{ev.name}: no query has a ground-truth match within {ev.threshold}; check the "
@@ -222,7 +225,7 @@ def evaluate(extractor: Extractor, ev: EvalSet, stages: Sequence[Stage], ns: tup
     q_desc = describe(ev.queries, batch_size, progress)
     ips = (len(ev.database) + len(ev.queries)) / (time.perf_counter() - t0)
     with _scratch_dir(work_dir) as work:
-        db = MapDatabase.create(work / "map", layout, extractor.model_id, durable=False)
+        db = MapDatabase.create(work / "map", layout, extractor.model_id, durable=False, storage=storage)
         try:
             report, rankings, extras_geometry = _evaluate_on(db, extractor, ev, stages, verify, ns, k, local_k,
                                                              geometry, geometric_k, hfov_deg, progress, q_desc,

@@ -29,7 +29,7 @@ from selavpr_ros.mapdb.database import DB_NAME, MapDatabase
 from selavpr_ros.models.zoo import resolve_checkpoint
 from selavpr_ros.node.params import edge_config, loop_closure_config
 from selavpr_ros.retrieval.verification import QueryView
-from selavpr_ros.threads import set_thread_budget
+from selavpr_ros.threads import node_threads, set_thread_budget
 from selavpr_ros.transport.image_decoding import check_string_field, decode_any, decode_depth, shown
 from selavpr_ros.types import Descriptors, KeyframeRecord, Pose, header_fields, ns_to_stamp, stamp_ns
 
@@ -182,8 +182,7 @@ class VPRPipeline:
 
     def __init__(self, params: dict[str, Any], extractor: Extractor | None = None) -> None:
         self.params = dict(params)
-        if params["threads"]:
-            set_thread_budget(params["threads"])  # before the model's pools start
+        set_thread_budget(node_threads(params["threads"]))  # before the model's pools start
         self.extractor = extractor or open_extractor(resolve_checkpoint(params["checkpoint"] or None),
                                                      device=params["device"])
         self.map_path = Path(params["map_path"]).expanduser()
