@@ -50,16 +50,17 @@ def test_the_budget_reaches_loaded_and_later_libraries_and_the_node(tmp_path):
 
 
 def test_the_node_leaves_cores_to_others_by_default(tmp_path, monkeypatch):
-    """threads: 0 is half the cores (at least one) for the node, unless `selavpr-ros --threads` set a budget."""
+    """threads: 0 is half the cores (at least one) for a live node (rclpy or `selavpr-ros node`), unless
+    `selavpr-ros --threads` set a budget."""
     code = f"""
         import json, os, torch
         from selavpr_ros.cli import main
         from selavpr_ros.node.params import validate
-        from selavpr_ros.node.pipeline import VPRPipeline
+        from selavpr_ros.node.pipeline import node_pipeline
         from selavpr_ros.threads import thread_budget
         if os.environ.get("CLI_THREADS"):
             main(["--threads", os.environ["CLI_THREADS"], "map", "stats", "/nonexistent"])
-        p = VPRPipeline(validate({{"map_path": {str(tmp_path / 'map')!r}, "device": "cpu"}}))
+        p = node_pipeline(validate({{"map_path": {str(tmp_path / 'map')!r}, "device": "cpu"}}))
         p.close()
         print(json.dumps({{"torch": torch.get_num_threads(), "budget": thread_budget(), "cores": os.cpu_count()}}))
     """

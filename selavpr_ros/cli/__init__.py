@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"selavpr_ros {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     parser.add_argument("--threads", type=int, default=0, metavar="N",
-                        help="CPU threads of every pool (PyTorch, ONNX Runtime, faiss, BLAS, OpenCV); 0 = all cores")
+                        help="CPU threads of every pool (PyTorch, ONNX Runtime, faiss, BLAS, OpenCV); 0 = all cores "
+                             "(the node: half of them, unless its threads parameter says)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -29,11 +29,11 @@ example:
 def cmd_node(args: argparse.Namespace) -> int:
     from selavpr_ros.node.dds_node import DDSNode, parse_remaps
     from selavpr_ros.node.params import load_params_file, parse_overrides, validate
-    from selavpr_ros.node.pipeline import VPRPipeline
+    from selavpr_ros.node.pipeline import node_pipeline
 
     params = load_params_file(args.params) if args.params else validate({})
     params = validate({**params, **parse_overrides(args.param)})
-    pipeline = VPRPipeline(params)
+    pipeline = node_pipeline(params)
     node = DDSNode(pipeline, namespace=args.namespace, domain_id=args.domain_id, remaps=parse_remaps(args.remap))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

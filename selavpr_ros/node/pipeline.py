@@ -182,7 +182,8 @@ class VPRPipeline:
 
     def __init__(self, params: dict[str, Any], extractor: Extractor | None = None) -> None:
         self.params = dict(params)
-        set_thread_budget(node_threads(params["threads"]))  # before the model's pools start
+        if params["threads"]:
+            set_thread_budget(params["threads"])  # before the model's pools start
         self.extractor = extractor or open_extractor(resolve_checkpoint(params["checkpoint"] or None),
                                                      device=params["device"])
         self.map_path = Path(params["map_path"]).expanduser()
@@ -437,6 +438,14 @@ class VPRPipeline:
             if mode_changed:
                 return f"switched to {new_params['mode']} mode ({db.count} keyframes in the map)"
             return "parameters updated"
+
+
+def node_pipeline(params: dict[str, Any]) -> VPRPipeline:
+    """A live node's pipeline (the rclpy node and ``selavpr-ros node``): on a robot's shared computer
+    ``threads: 0`` gives it half the cores (:func:`~selavpr_ros.threads.node_threads`), set before
+    the model's pools start; offline replays keep every core."""
+    set_thread_budget(node_threads(params["threads"]))
+    return VPRPipeline(params)
 
 
 def candidate_fields(c: LoopCandidate, map_id: str) -> dict[str, Any]:

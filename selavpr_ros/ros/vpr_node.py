@@ -47,9 +47,9 @@ from selavpr_ros.node.params import PARAMS, SPECS, validate
 from selavpr_ros.node.pipeline import (
     Frame,
     FrameOutcome,
-    VPRPipeline,
     candidate_array_fields,
     edges_message_fields,
+    node_pipeline,
 )
 from selavpr_ros.node.worker import LatestFrameWorker, clip, diagnostic_status
 from selavpr_ros.srv import QueryPlace, SaveMap, SetMode
@@ -94,7 +94,7 @@ class VPRNode(Node):
         for spec in PARAMS:
             self.declare_parameter(spec.name, spec.default, _descriptor(spec))
         params = validate({s.name: self.get_parameter(s.name).value for s in PARAMS})
-        self.pipeline = VPRPipeline(params)
+        self.pipeline = node_pipeline(params)
         self.worker = LatestFrameWorker(self.pipeline, self._publish)
         self._syncing_mode = False
         self.add_on_set_parameters_callback(self._validate_parameters)
