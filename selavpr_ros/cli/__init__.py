@@ -11,9 +11,13 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from selavpr_ros._version import __version__
 from selavpr_ros.errors import SelaVPRError
+
+if TYPE_CHECKING:
+    from selavpr_ros.mapdb.records import StorageConfig
 
 __all__ = ["HelpFormatter", "add_storage_arguments", "build_parser", "json_text", "main", "storage_from_args"]
 
@@ -64,7 +68,7 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-pool", type=int, default=1, help="store local features pooled k x k")
 
 
-def storage_from_args(args: argparse.Namespace):
+def storage_from_args(args: argparse.Namespace) -> StorageConfig:
     from selavpr_ros.mapdb.records import StorageConfig
 
     return StorageConfig(float_dtype=args.float_dtype, local_dtype=args.local_dtype, local_pool=args.local_pool)

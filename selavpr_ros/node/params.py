@@ -48,7 +48,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("checkpoint", "", "Model: a .ckpt/.pt checkpoint or .onnx file; empty = the built-in demo model",
               read_only=True),
     ParamSpec("threads", 0, "CPU threads of every pool the node uses (PyTorch, ONNX Runtime, faiss, BLAS, OpenCV): "
-              "0 = half the cores (at least one), leaving the rest to SLAM and drivers", 0, 1024, read_only=True),
+              "0 = half the cores (at least one) on a live node, leaving the rest to SLAM and drivers; every core "
+              "for replay", 0, 1024, read_only=True),
     ParamSpec("device", "auto", "Inference device: auto (a GPU when the backend has one), cpu, cuda, or tensorrt "
               "(ONNX Runtime's TensorRT provider for .onnx models); falls back with a log line",
               choices=DEVICES, read_only=True),
