@@ -168,12 +168,9 @@ def onnx_op_profile(path: Path, x: np.ndarray, runs: int = 8) -> dict:
 
     import onnxruntime as ort
 
-    from selavpr_ros.threads import thread_budget
+    from selavpr_ros.inference.onnx_backend import session_options
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = thread_budget()
-    options.inter_op_num_threads = 1
+    options = session_options()
     options.enable_profiling = True
     options.profile_file_prefix = str(path.with_suffix(""))
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -42,11 +42,11 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from selavpr_ros.retrieval.ivf import INDEX_DIR, IndexRecord
+    from selavpr_ros.retrieval.ivf import INDEX_DIR, RECORD_FILE, IndexRecord
 
     with MapDatabase.open(args.map, "r") as db:
         stats = db.stats()
-        record = IndexRecord.read(db.path / INDEX_DIR / "ivf.json")
+        record = IndexRecord.read(db.path / INDEX_DIR / RECORD_FILE)
         current = record is not None and record.generation == db.info.generation and record.model_id == db.model_id
     stats["ivf_index"] = None if record is None else {**record.__dict__, "current": current}
     if args.json:

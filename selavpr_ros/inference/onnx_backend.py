@@ -80,6 +80,19 @@ def _checked_metadata(path: Path, source: Any) -> dict[str, str]:
     return meta
 
 
+def session_options(threads: int | None = None) -> Any:
+    """How every session of this package runs: all graph optimisations, one intra-op pool of
+    ``threads`` (default: the process's budget) and no inter-op pool (the graph runs sequentially)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or thread_budget()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
+
+
 def _open_session(path: Path, providers: list[str], options: Any = None) -> Any:
     import onnxruntime as ort
 
@@ -255,16 +268,10 @@ class OnnxExtractor(Extractor):
     backend = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None) -> None:
-        import onnxruntime as ort
 
         self.path = Path(path)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or thread_budget()
-        options.inter_op_num_threads = 1  # the graph runs sequentially: one pool, not two
-        options.log_severity_level = 3
         self.providers = select_providers(device)
-        self.session = _open_session(self.path, self.providers, options)
+        self.session = _open_session(self.path, self.providers, session_options(threads))
         active = self.session.get_providers()  # a provider whose libraries fail to load is dropped here
         if active[0] != self.providers[0]:
             log.warning("%s: %s could not start; ONNX Runtime runs on %s", self.path.name, self.providers[0],

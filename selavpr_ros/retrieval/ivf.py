@@ -46,6 +46,7 @@ from selavpr_ros.threads import search_threads
 log = logging.getLogger(__name__)
 
 INDEX_DIR = "index"
+INDEX_FILE, RECORD_FILE = "ivf.faissbin", "ivf.json"  # in INDEX_DIR of the map folder
 FORMAT = 1
 MIN_NLIST, MAX_NLIST = 16, 16384
 MAX_OVERFETCH = 4096  # excluded rows up to which a masked search asks faiss for k + excluded
@@ -137,7 +138,7 @@ class IVFHammingIndex:
     # -- files ------------------------------------------------------------------------
     @property
     def _paths(self) -> tuple[Path, Path] | None:
-        return None if self._dir is None else (self._dir / "ivf.faissbin", self._dir / "ivf.json")
+        return None if self._dir is None else (self._dir / INDEX_FILE, self._dir / RECORD_FILE)
 
     def _restore(self, map_rows: int | None) -> None:
         """Open the persisted index when it belongs to this map (else start empty: rows come by ``add``)."""
